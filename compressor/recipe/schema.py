@@ -1,0 +1,131 @@
+"""The recipe as typed pydantic models.
+
+Stages are validated against their own ``Params`` class from the stage registry, so each
+stage owns its schema (the llm-compressor pattern: recipe -> stages -> typed modifiers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
+
+Scalar = str | int | float | bool | None
+
+
+class Strict(BaseModel):
+    """Base for recipe sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(Strict):
+    """Where the model comes from: a zoo name, a checkpoint, TorchScript or a Hugging Face folder."""
+
+    zoo: str | None = Field(None, description="Name of a zoo builder (see `compressor zoo`).")
+    checkpoint: Path | None = Field(
+        None, description="A state_dict file; needs `factory` (or `zoo`) for the architecture.")
+    factory: str | None = Field(
+        None, description="'package.module:function' that builds the architecture.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    torchscript: Path | None = Field(None, description="A TorchScript file (torch.jit.save).")
+    huggingface: Path | None = Field(None, description="A local Hugging Face model folder.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the builder.")
+    unsafe_pickle: bool = Field(
+        False, description="Load the checkpoint with torch.load(weights_only=False). This runs "
+        "code stored in the file: only for files you trust.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        sources = [k for k in ("zoo", "factory", "torchscript", "huggingface")
+                   if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of zoo, factory (with checkpoint), torchscript, "
+                             f"huggingface (got {', '.join(sources) or 'none'})")
+        if self.factory is not None and self.checkpoint is None:
+            raise ValueError("'factory' needs 'checkpoint' (the state_dict to load into it)")
+        if self.checkpoint is not None and sources[0] in ("torchscript", "huggingface"):
+            raise ValueError(f"'checkpoint' cannot be combined with '{sources[0]}'")
+        return self
+
+
+class DataSpec(Strict):
+    """The data used for fine-tuning, calibration and evaluation."""
+
+    dataset: str | None = Field(None, description="Dataset name; default: the zoo model's own.")
+    batch_size: PositiveInt = 64
+    calibration_samples: PositiveInt = Field(256, description="Samples used by PTQ calibration.")
+    eval_samples: PositiveInt | None = Field(None, description="Cap on held-out samples (None: all).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Dataset options.")
+
+
+class EvalSpec(Strict):
+    """The quality budget: the report flags stages whose drop exceeds it."""
+
+    max_drop: float | None = Field(None, ge=0, description="Largest allowed quality drop (absolute).")
+
+
+class ReportSpec(Strict):
+    """What each stage measures."""
+
+    latency: Literal["every_stage", "final", "off"] = "every_stage"
+    latency_batch: PositiveInt = 1
+    warmup: int = Field(5, ge=0)
+    iterations: PositiveInt = 30
+
+
+class StageSpec(BaseModel):
+    """One validated stage: its registry kind, unique name and typed params."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    kind: str
+    name: str
+    params: Any
+
+
+class Recipe(Strict):
+    """A whole recipe. Build it with :func:`compressor.load_recipe`, which reports line numbers."""
+
+    name: str | None = None
+    description: str | None = None
+    variables: dict[str, Scalar] = Field(default_factory=dict,
+                                         description="Values referenced as ${name} elsewhere.")
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    target: str = Field("cpu-x86", description="Deployment target (see `compressor targets`).")
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    stages: list[StageSpec] = Field(default_factory=list)
+    search: dict[str, Any] | None = Field(None, description="Search space and budget (`compressor search`).")
+
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this recipe was read from, if any (relative paths resolve against it)."""
+        return self._source
+
+    @property
+    def warnings(self) -> list[str]:
+        """Non-fatal advice found while loading (e.g. stage order)."""
+        return self._warnings
+
+    def stage(self, name: str) -> StageSpec:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data that :func:`load_recipe` reads back to an equal recipe."""
+        data = self.model_dump(mode="json", exclude={"stages", "variables"},
+                               exclude_none=True)
+        data["stages"] = []
+        for spec in self.stages:
+            params = spec.params.model_dump(mode="json", exclude_defaults=True)
+            if spec.name != spec.kind:
+                params = {"name": spec.name, **params}
+            data["stages"].append({spec.kind: params})
+        return data

@@ -1,0 +1,105 @@
+"""A Task bundles a model's data splits with its quality metric and training loss.
+
+Every stage trains, calibrates and evaluates through the Task, so stages never need to know
+whether the model classifies digits or embeds sentences. Datasets are ``TensorDataset``s whose
+last tensor is the target: class labels (metric ``accuracy``) or the original model's outputs
+(metric ``fidelity``: mean cosine similarity to the uncompressed model, used when there are no
+labels, e.g. sentence embeddings or randomly initialised ImageNet shapes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+Metric = Literal["accuracy", "fidelity"]
+
+
+@dataclass
+class Task:
+    name: str
+    metric: Metric
+    train: TensorDataset
+    val: TensorDataset
+    input_names: list[str]
+    output_names: list[str] = field(default_factory=lambda: ["output"])
+    #: ONNX dynamic axes per input/output name, e.g. {"input": {0: "batch"}}.
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: True when the data or weights are synthetic; reports say so.
+    synthetic: bool = False
+    note: str = ""
+    batch_size: int = 64
+    eval_samples: int | None = None
+    calibration_samples: int = 256
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.input_names)
+
+    # ------------------------------------------------------------------ data
+    def loader(self, split: Literal["train", "val"] = "train", *, batch_size: int | None = None,
+               shuffle: bool | None = None, seed: int = 0, limit: int | None = None) -> DataLoader:
+        """A deterministic loader: the same seed gives the same batches (resume relies on it)."""
+        data = self.train if split == "train" else self.val
+        if split == "val" and limit is None:
+            limit = self.eval_samples
+        if limit is not None and limit < len(data):
+            data = Subset(data, range(limit))
+        shuffle = split == "train" if shuffle is None else shuffle
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size or self.batch_size, shuffle=shuffle,
+                          generator=gen)
+
+    def calibration_batches(self, samples: int | None = None,
+                            batch_size: int | None = None) -> Iterator[tuple[Tensor, ...]]:
+        """Model inputs for PTQ calibration, drawn from the training split."""
+        samples = samples or self.calibration_samples
+        for batch in self.loader("train", batch_size=batch_size, shuffle=False,
+                                 limit=samples):
+            yield self.split(batch)[0]
+
+    def example_inputs(self, batch: int = 1) -> tuple[Tensor, ...]:
+        """Held-out inputs of the given batch size (for export and latency)."""
+        rows = [self.val[i % len(self.val)] for i in range(batch)]
+        return tuple(torch.stack([r[k] for r in rows]) for k in range(self.n_inputs))
+
+    def split(self, batch: tuple[Tensor, ...] | list[Tensor]) -> tuple[tuple[Tensor, ...], Tensor]:
+        return tuple(batch[: self.n_inputs]), batch[self.n_inputs]
+
+    # ------------------------------------------------------------------ loss and metric
+    def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        if self.metric == "accuracy":
+            return F.cross_entropy(outputs, target)
+        return (1 - F.cosine_similarity(outputs.flatten(1), target.flatten(1), dim=1)).mean()
+
+    def score(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Per-sample quality: 1/0 for a correct/incorrect class, else cosine to the reference."""
+        if self.metric == "accuracy":
+            return (outputs.argmax(-1) == target).float()
+        return F.cosine_similarity(outputs.flatten(1).float(), target.flatten(1).float(), dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, limit: int | None = None) -> float:
+        """Mean quality over the held-out split (accuracy or fidelity, in [0, 1])."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for batch in self.loader("val", limit=limit):
+            inputs, target = self.split(batch)
+            total += self.score(model(*inputs), target).sum().item()
+            count += len(target)
+        model.train(was_training)
+        return total / max(count, 1)
+
+
+@torch.no_grad()
+def reference_outputs(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int = 64) -> Tensor:
+    """The model's outputs on ``inputs`` in batches: the targets of a fidelity task."""
+    model.eval()
+    n = len(inputs[0])
+    outs = [model(*(t[i:i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
+    return torch.cat(outs).float()
