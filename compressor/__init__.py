@@ -1,0 +1,14 @@
+"""compressor: recipe-driven compression and export of PyTorch models for edge targets.
+
+>>> import compressor
+>>> report = compressor.run("recipes/quickstart.yaml", overrides=["finetune.epochs=1"])
+>>> report.final["quality"]
+"""
+from compressor.api import load_model, resume, run
+from compressor.errors import CompressorError, RecipeError, RecipeErrors
+from compressor.recipe import Recipe, load_recipe
+from compressor.report import Report
+
+__all__ = ["CompressorError", "Recipe", "RecipeError", "RecipeErrors", "Report", "load_model",
+           "load_recipe", "resume", "run"]
+__version__ = "0.1.0"

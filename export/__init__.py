@@ -1,0 +1,1 @@
+"""Exporters (ONNX, ONNX Runtime, TensorRT), parity and latency on the target."""

@@ -1,0 +1,54 @@
+"""`compressor run`: execute a recipe."""
+from __future__ import annotations
+
+import argparse
+
+from compressor.commands.common import add_recipe_args, formatter
+
+HELP = """\
+Run a recipe's stages on its model. After each stage the run directory gets a
+checkpoint and a metrics row (quality, params, MACs, size, latency); at the end
+report.md, report.json and report.png. Interrupted runs continue with --resume.
+
+run directory layout (default runs/<recipe>-<timestamp>/):
+  recipe.yaml          the resolved recipe (overrides and variables applied)
+  run.json             progress and metrics per stage (what --resume reads)
+  checkpoints/NN-*.pt  weights + stage states after each stage
+  deploy/model.onnx    the exported model (export stage)
+  report.{md,json,png} the per-stage report
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a recipe (compress, fine-tune, export)", description=HELP,
+                       formatter_class=formatter())
+    add_recipe_args(p, required=False)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from compressor.api import run, resume
+    from compressor.errors import CompressorError
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise CompressorError("--resume uses the recipe saved in the run directory; "
+                                  "drop the recipe argument and --set")
+        report = resume(args.resume)
+    elif args.recipe:
+        report = run(args.recipe, overrides=args.overrides, run_dir=args.out, overwrite=args.overwrite)
+    else:
+        raise CompressorError("give a recipe file, or --resume RUN_DIR")
+    print()
+    print(report.table())
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"\nreport: {report.run_dir}/report.md")
+    for name, path in report.artifacts.items():
+        print(f"{name}: {path}")
+    return 0

@@ -1,0 +1,49 @@
+"""The state that stages share: the model being compressed and everything around it."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from compressor.checkpoint import StageRecord, restore
+from compressor.export.targets import Target
+from compressor.recipe.schema import Recipe
+from compressor.task import Task
+
+
+@dataclass
+class Context:
+    model: nn.Module
+    task: Task
+    recipe: Recipe
+    target: Target
+    run_dir: Path
+    #: The uncompressed input model (kept frozen; teacher "original").
+    original: nn.Module
+    #: States of the stages applied so far, in order (saved in every checkpoint).
+    records: list[StageRecord] = field(default_factory=list)
+    #: Checkpoint path of each finished stage, by stage name.
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    #: Files produced so far (e.g. {"onnx": ".../deploy/model.onnx"}).
+    artifacts: dict[str, str] = field(default_factory=dict)
+    #: Extra metrics the current stage reports (merged into its row of the report).
+    stage_metrics: dict[str, Any] = field(default_factory=dict)
+    #: Seed of the current stage (derived from the recipe seed and the stage index).
+    seed: int = 0
+
+    def model_before(self, stage_name: str) -> nn.Module:
+        """A fresh copy of the model as it was before stage ``stage_name`` ran."""
+        names = [s.name for s in self.recipe.stages]
+        if stage_name not in names:
+            raise KeyError(f"no stage named {stage_name!r}; stages: {', '.join(names)}")
+        for previous in reversed(names[:names.index(stage_name)]):
+            if previous in self.checkpoints:
+                return restore(self.checkpoints[previous], base=copy.deepcopy(self.original))
+        return copy.deepcopy(self.original)
+
+    def log(self, message: str) -> None:
+        tqdm.write(message)

@@ -1,0 +1,61 @@
+"""Layer selection shared by stages: name globs, regexes, module types, ignore lists, per-layer values.
+
+Selectors in recipes:
+  "features.*"        glob on the module's qualified name
+  "re:^blocks\\.\\d+$"  regular expression on the name
+  "type:Conv2d"       module class name
+Per-layer values (``per_layer: {SELECTOR: {field: value}}``) override a stage's defaults for the
+layers they match; an exact name wins over a pattern, and later patterns win over earlier ones.
+Search writes its per-layer choices there, under exact names.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+class LayerSelection(BaseModel):
+    """Recipe fields that pick layers; stages embed these."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[str] = Field(default_factory=lambda: ["*"],
+                              description="Selectors of layers to compress (glob, 're:REGEX', 'type:CLASS').")
+    ignore: list[str] = Field(default_factory=list, description="Selectors of layers to leave alone.")
+    per_layer: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-layer overrides: {SELECTOR: {field: value}}.")
+
+
+def matches(name: str, module: nn.Module, selector: str) -> bool:
+    if selector.startswith("re:"):
+        return re.search(selector[3:], name) is not None
+    if selector.startswith("type:"):
+        return type(module).__name__ == selector[5:]
+    return fnmatch.fnmatchcase(name, selector)
+
+
+def select_layers(model: nn.Module, selection: LayerSelection,
+                  types: Iterable[type[nn.Module]] = DEFAULT_TYPES) -> dict[str, nn.Module]:
+    """Modules of ``types`` matched by ``selection.layers`` and not by ``selection.ignore``."""
+    types = tuple(types)
+    return {name: m for name, m in model.named_modules()
+            if name and isinstance(m, types)
+            and any(matches(name, m, s) for s in selection.layers)
+            and not any(matches(name, m, s) for s in selection.ignore)}
+
+
+def layer_value(name: str, module: nn.Module, field: str, default: Any,
+                per_layer: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The value of ``field`` for layer ``name``: exact entry, else last matching pattern, else default."""
+    if name in per_layer and field in per_layer[name]:
+        return per_layer[name][field]
+    value = default
+    for selector, values in per_layer.items():
+        if field in values and selector != name and matches(name, module, selector):
+            value = values[field]
+    return value

@@ -1,0 +1,219 @@
+"""Run a recipe: stages in order, a checkpoint and a metrics row after each, resumable."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from compressor.checkpoint import StageRecord, restore, save_checkpoint
+from compressor.context import Context
+from compressor.errors import CompressorError
+from compressor.export.targets import get_target
+from compressor.io import write_json, write_text
+from compressor.metrics import count_macs, count_nonzero, count_params, onnx_latency, storage_bytes
+from compressor.recipe import Recipe, load_recipe
+from compressor.report import Report
+from compressor.sources import load_model
+from compressor.stages import STAGES
+from compressor.task import Task
+
+RUN_STATE = "run.json"
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    text = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
+    from compressor.zoo import DATASETS, MODELS
+
+    name = recipe.data.dataset or (MODELS[recipe.model.zoo].dataset if recipe.model.zoo else None)
+    if name is None:
+        raise CompressorError("data.dataset is required when the model is not from the zoo; "
+                              f"known datasets: {', '.join(sorted(DATASETS))}")
+    if name not in DATASETS:
+        raise CompressorError(f"data.dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    task = DATASETS[name].build(model=original, **recipe.data.args)
+    task.batch_size = recipe.data.batch_size
+    task.eval_samples = recipe.data.eval_samples
+    task.calibration_samples = recipe.data.calibration_samples
+    return task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Pipeline:
+    """Executes a recipe into a run directory (see docs/run-directory.md for its layout)."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir else _default_run_dir(recipe)
+        self.overwrite = overwrite
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> "Pipeline":
+        """Continue the run in ``run_dir`` with its saved recipe; finished stages are skipped."""
+        run_dir = Path(run_dir)
+        if not (run_dir / RUN_STATE).is_file():
+            raise CompressorError(f"{run_dir}: not a run directory (no {RUN_STATE}); nothing to resume")
+        pipe = cls(load_recipe(run_dir / "recipe.yaml"), run_dir)
+        pipe._resuming = True
+        return pipe
+
+    _resuming = False
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> Report:
+        state = self._prepare_run_dir()
+        recipe = self.recipe
+        seed_everything(recipe.seed)
+        original = load_model(recipe.model)
+        for p in original.parameters():
+            p.requires_grad_(False)
+        task = build_task(recipe, original)
+        target = get_target(recipe.target)
+        model = copy.deepcopy(original)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        ctx = Context(model=model, task=task, recipe=recipe, target=target, run_dir=self.run_dir,
+                      original=original)
+        if state.get("baseline") is None:
+            state["baseline"] = self._measure(ctx, "input", "input", 0.0, latency=True)
+            self._save_state(state)
+        baseline = state["baseline"]
+
+        finished = {s["name"]: s for s in state["stages"] if s["status"] == "done"}
+        last_ckpt = None
+        for spec in recipe.stages:
+            if spec.name in finished and finished[spec.name].get("checkpoint"):
+                ckpt = self.run_dir / finished[spec.name]["checkpoint"]
+                ctx.checkpoints[spec.name] = ckpt
+                last_ckpt = ckpt
+        if last_ckpt is not None:
+            from compressor.checkpoint import read_records
+
+            ctx.model = restore(last_ckpt, base=copy.deepcopy(original))
+            for p in ctx.model.parameters():
+                p.requires_grad_(True)
+            ctx.records = read_records(last_ckpt)
+
+        n = len(recipe.stages)
+        for index, spec in enumerate(recipe.stages):
+            if spec.name in finished:
+                ctx.artifacts.update(finished[spec.name].get("artifacts", {}))
+                ctx.log(f"[{index + 1}/{n}] {spec.name}: done earlier, skipped")
+                continue
+            ctx.log(f"[{index + 1}/{n}] {spec.name} ({spec.kind})")
+            ctx.seed = recipe.seed * 1000 + index + 1
+            seed_everything(ctx.seed)
+            ctx.stage_metrics = {}
+            stage = STAGES[spec.kind](spec.params, spec.name)
+            start = time.perf_counter()
+            try:
+                ctx = stage.apply(ctx)
+            except CompressorError as exc:
+                state["stages"].append({"name": spec.name, "kind": spec.kind, "status": "failed",
+                                        "error": str(exc), "metrics": dict(ctx.stage_metrics),
+                                        "artifacts": dict(ctx.artifacts)})
+                self._save_state(state)
+                self._report(state, baseline, ctx, status="failed", error=f"{spec.name}: {exc}").write()
+                raise
+            entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "status": "done"}
+            if stage.changes_model:
+                ctx.records.append(StageRecord(spec.kind, spec.name, stage.state()))
+                rel = Path("checkpoints") / f"{index + 1:02d}-{spec.name}.pt"
+                save_checkpoint(self.run_dir / rel, ctx.model, ctx.records, recipe.model)
+                ctx.checkpoints[spec.name] = self.run_dir / rel
+                entry["checkpoint"] = str(rel)
+            last = index == n - 1
+            measure_latency = recipe.report.latency == "every_stage" or (
+                recipe.report.latency == "final" and last)
+            entry["metrics"] = self._measure(ctx, spec.name, spec.kind, time.perf_counter() - start,
+                                             latency=measure_latency and stage.changes_model,
+                                             baseline=baseline)
+            entry["metrics"].update(ctx.stage_metrics)
+            entry["artifacts"] = dict(ctx.artifacts)
+            state["stages"] = [s for s in state["stages"] if s["name"] != spec.name] + [entry]
+            self._save_state(state)
+
+        report = self._report(state, baseline, ctx)
+        report.write()
+        return report
+
+    # ------------------------------------------------------------------ helpers
+    def _measure(self, ctx: Context, name: str, kind: str, seconds: float, *, latency: bool,
+                 baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+        model, task, rep = ctx.model, ctx.task, ctx.recipe.report
+        quality = task.evaluate(model)
+        row: dict[str, Any] = {
+            "stage": name, "kind": kind, "quality": quality,
+            "quality_drop": (quality - baseline["quality"]) if baseline else 0.0,
+            "params": count_params(model), "nonzero_params": count_nonzero(model),
+            "macs": count_macs(model, task.example_inputs(1)), "size_bytes": storage_bytes(model),
+            "seconds": seconds,
+        }
+        if latency and ctx.target.runtime == "onnxruntime":
+            row.update(onnx_latency(model, task, batch=rep.latency_batch, threads=ctx.target.threads,
+                                    warmup=rep.warmup, iterations=rep.iterations,
+                                    opset=ctx.target.opset))
+        max_drop = ctx.recipe.eval.max_drop
+        if baseline and max_drop is not None and baseline["quality"] - quality > max_drop:
+            row["over_budget"] = True
+        return row
+
+    def _report(self, state: dict[str, Any], baseline: dict[str, Any], ctx: Context,
+                status: str = "ok", error: str | None = None) -> Report:
+        rows = [baseline] + [s["metrics"] for s in state["stages"] if s.get("metrics") and "stage" in s["metrics"]]
+        notes = [ctx.task.note] if ctx.task.note else []
+        if ctx.target.runtime != "onnxruntime":
+            notes.append(f"latency is measured with ONNX Runtime on this CPU; target {ctx.target.name} "
+                         "runs TensorRT: build and time the engine there")
+        warnings = list(self.recipe.warnings) + [f"stage {r['stage']}: quality drop exceeds eval.max_drop"
+                                                 for r in rows if r.get("over_budget")]
+        return Report(run_dir=str(self.run_dir), metric=ctx.task.metric, rows=rows, status=status,
+                      error=error, artifacts=dict(ctx.artifacts), warnings=warnings, notes=notes)
+
+    def _prepare_run_dir(self) -> dict[str, Any]:
+        state_path = self.run_dir / RUN_STATE
+        digest = recipe_hash(self.recipe)
+        if self._resuming:
+            state = json.loads(state_path.read_text())
+            if state.get("recipe_hash") != digest:
+                raise CompressorError(f"{self.run_dir}: recipe.yaml changed since the run started; "
+                                      "start a new run instead of resuming")
+            return state
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            if not self.overwrite:
+                raise CompressorError(f"{self.run_dir} already exists: resume it with "
+                                      f"`compressor run --resume {self.run_dir}` or pass --overwrite")
+            import shutil
+
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+        state = {"recipe_hash": digest, "created": datetime.now().isoformat(timespec="seconds"),
+                 "baseline": None, "stages": []}
+        self._save_state(state)
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        write_json(self.run_dir / RUN_STATE, state)
+
+
+def _default_run_dir(recipe: Recipe) -> Path:
+    stem = recipe.name or (recipe.source.stem if recipe.source else "run")
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

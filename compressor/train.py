@@ -1,0 +1,89 @@
+"""The training loop shared by fine-tuning, pruning, distillation and QAT."""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable, Literal
+
+import torch
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from compressor.stages.base import StageParams
+from compressor.task import Task
+
+#: loss(model, inputs, target) -> scalar loss
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
+
+
+class TrainParams(StageParams):
+    """Fine-tuning settings; embedded by every stage that trains."""
+
+    epochs: NonNegativeInt = Field(1, description="Passes over the training split (0: no training).")
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: PositiveInt | None = Field(None, description="Default: the recipe's data.batch_size.")
+    max_steps_per_epoch: PositiveInt | None = Field(None, description="Cap for quick runs and search.")
+    keep_best: bool = Field(True, description="Restore the weights of the best epoch (the starting "
+                                              "weights count as epoch 0).")
+
+
+def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn | None = None,
+          after_step: Callable[[], None] | None = None, extra_parameters: Iterable[nn.Parameter] = (),
+          seed: int = 0, desc: str = "finetune") -> list[float]:
+    """Train ``model`` in place; returns the held-out quality after each epoch (index 0 = before).
+
+    ``after_step`` runs after every optimizer step (e.g. to re-apply pruning masks);
+    ``extra_parameters`` are trained alongside (e.g. distillation projections).
+    """
+    history = [task.evaluate(model)]
+    if params.epochs == 0:
+        return history
+    torch.manual_seed(seed)
+    loss_fn = loss_fn or (lambda m, inputs, target: task.loss(m(*inputs), target))
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
+    opt = _optimizer(params, trainable)
+    steps_per_epoch = len(task.loader("train", batch_size=params.batch_size))
+    if params.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
+    total = params.epochs * steps_per_epoch
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+             if params.schedule == "cosine" else None)
+    best_quality, best_state = history[0], copy.deepcopy(model.state_dict())
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    for epoch in range(params.epochs):
+        model.train()
+        loader = task.loader("train", batch_size=params.batch_size, seed=seed + epoch)
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            inputs, target = task.split(batch)
+            loss = loss_fn(model, inputs, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if after_step is not None:
+                after_step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        quality = task.evaluate(model)
+        history.append(quality)
+        bar.set_postfix(quality=f"{quality:.4f}")
+        if quality > best_quality:
+            best_quality, best_state = quality, copy.deepcopy(model.state_dict())
+    bar.close()
+    if params.keep_best:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def _optimizer(params: TrainParams, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return cls(parameters, lr=params.lr, weight_decay=params.weight_decay)
