@@ -81,7 +81,8 @@ def check_per_layer(params: BaseModel, fields: Iterable[str]) -> None:
                 raise ValueError(f"per_layer[{selector!r}]: unknown field {name!r}; "
                                  f"per-layer fields: {', '.join(sorted(allowed))}")
             info = model_fields[name]
+            kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
             try:
-                TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+                TypeAdapter(kind).validate_python(value)
             except ValidationError as exc:
                 raise ValueError(f"per_layer[{selector!r}].{name}: {exc.errors()[0]['msg']}") from None

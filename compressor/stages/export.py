@@ -1,12 +1,14 @@
 """``export``: write the deployable ONNX model, check it and measure parity against PyTorch."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from compressor.context import Context
 from compressor.errors import ExportError
+from compressor.export.codebook_onnx import export_codebook_onnx
 from compressor.export.onnx import export_onnx
 from compressor.export.parity import onnx_parity
 from compressor.stages.base import Stage, StageParams, register_stage
@@ -20,7 +22,10 @@ class ParityParams(BaseModel):
 
 
 class ExportParams(StageParams):
-    formats: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"])
+    formats: list[Literal["onnx", "onnx_codebook"]] = Field(
+        default_factory=lambda: ["onnx"],
+        description="onnx: the dense model; onnx_codebook: also a compact ONNX whose codebook "
+        "layers are stored as uint8 indices + codebooks (needs a codebook stage before).")
     opset: int | None = Field(None, ge=13, le=21, description="Default: the target's opset.")
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     simplify: bool = Field(True, description="Simplify the graph with onnxslim.")
@@ -40,11 +45,24 @@ class Export(Stage):
                     output_names=task.output_names, dynamic_axes=task.dynamic_axes,
                     opset=p.opset or ctx.target.opset, exporter=p.exporter, simplify=p.simplify)
         ctx.artifacts["onnx"] = str(path)
-        parity = onnx_parity(ctx.model, path, task.example_inputs(p.parity.samples))
-        ctx.stage_metrics["parity"] = parity.as_dict()
+        self._check(ctx, path, "parity")
+        if "onnx_codebook" in p.formats:
+            compact = export_codebook_onnx(
+                ctx.model, task.example_inputs(2), path.with_suffix(".codebook.onnx"),
+                input_names=task.input_names, output_names=task.output_names,
+                dynamic_axes=task.dynamic_axes, opset=p.opset or ctx.target.opset, exporter=p.exporter)
+            ctx.artifacts["onnx_codebook"] = str(compact.path)
+            ctx.stage_metrics["onnx_codebook_bytes"] = compact.compact_bytes
+            ctx.stage_metrics["onnx_dense_bytes"] = compact.dense_bytes
+            self._check(ctx, compact.path, "parity_codebook")
+        return ctx
+
+    def _check(self, ctx: Context, path: Path, key: str) -> None:
+        p: ExportParams = self.params
+        parity = onnx_parity(ctx.model, path, ctx.task.example_inputs(p.parity.samples))
+        ctx.stage_metrics[key] = parity.as_dict()
         if parity.max_abs > p.parity.atol or parity.cosine < p.parity.min_cosine:
             raise ExportError(
                 f"parity check failed for {path}: max abs error {parity.max_abs:.3g} "
                 f"(allowed {p.parity.atol:g}), cosine {parity.cosine:.6f} (required "
                 f">= {p.parity.min_cosine:g}); the artifact is kept for inspection")
-        return ctx

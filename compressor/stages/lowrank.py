@@ -34,7 +34,7 @@ class LowRankParams(LayerSelection, StageParams):
     energy: float | None = Field(None, gt=0, le=1, description="Smallest rank keeping this fraction "
                                  "of the squared singular values.")
     method: Literal["svd", "activation"] = Field(
-        "svd", description="svd: truncate W; activation: truncate W scaled by the input "
+        "activation", description="svd: truncate W; activation: truncate W scaled by the input "
         "statistics on calibration data (Linear only; Conv2d falls back to svd).")
     calibration_samples: PositiveInt | None = Field(
         None, description="Samples for method=activation (default: data.calibration_samples).")
