@@ -1,9 +1,11 @@
-"""k-means on weight (sub-)vectors: scikit-learn fits the codebook, torch assigns.
+"""k-means on weight (sub-)vectors.
 
-scikit-learn's ``KMeans`` was measured against a small torch Lloyd loop on MiniLM FFN weights
-(scalars at k=16, 4-d sub-vectors at k=256): it was faster and reached the lower error
-(``bench/codebook.py --kmeans`` writes the comparison to docs/codebook.md). ``MiniBatchKMeans``
-trades a few percent of error for speed on very large tensors.
+Vectors (``dim >= 2``) use scikit-learn's ``KMeans`` (or ``MiniBatchKMeans``, a few percent more
+error for much less time on very large layers). Scalars use scikit-learn's k-means++ seeding and
+then exact Lloyd iterations on the sorted values: in one dimension each cluster is a contiguous run
+of sorted values, so an iteration is a binary search for the k-1 boundaries plus prefix sums,
+O(k log n) instead of O(n k). ``bench/codebook.py`` measures both against ``KMeans`` (time and
+error) and writes the comparison to docs/codebook.md.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from torch import Tensor
 Algorithm = Literal["kmeans", "minibatch"]
 
 
-def kmeans(points: Tensor, k: int, *, algorithm: Algorithm = "kmeans", max_iter: int = 100,
+def kmeans(points: Tensor, k: int, *, algorithm: Algorithm = "kmeans", max_iter: int = 300,
            seed: int = 0) -> tuple[Tensor, Tensor]:
     """Cluster ``points`` (n, d) into at most ``k`` centroids.
 
@@ -25,21 +27,61 @@ def kmeans(points: Tensor, k: int, *, algorithm: Algorithm = "kmeans", max_iter:
     ``k`` distinct values the codebook is exactly those values (k' <= k), so tiny layers stay exact.
     """
     points = points.detach().float().cpu()
-    unique, inverse = torch.unique(points, dim=0, return_inverse=True)
-    if len(unique) <= k:
-        return unique.contiguous(), inverse
+    if points.shape[1] == 1:
+        codebook = torch.from_numpy(lloyd_1d(points[:, 0].numpy(), k, seed=seed, max_iter=max_iter))
+    elif len(points) <= k:
+        codebook = points.double()
+    else:
+        codebook = _sklearn(points.numpy(), k, algorithm, max_iter, seed)
+    codebook = codebook.float().reshape(len(codebook), -1)
+    return codebook, nearest(points, codebook)
+
+
+def lloyd_1d(values: np.ndarray, k: int, *, seed: int = 0, max_iter: int = 300,
+             bins: int = 4096) -> np.ndarray:
+    """Exact scalar k-means; returns the sorted centroids (float64, at most ``k``).
+
+    Seeds: k-means++ over a histogram of ``bins`` equal-width bins weighted by their counts
+    (outliers keep their own bins, and seeding costs O(bins k) instead of O(n k)).
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.sort(values.astype(np.float64))
+    distinct = x[np.concatenate([[True], np.diff(x) > 0])]
+    if len(distinct) <= k:
+        return distinct
+    prefix = np.concatenate([[0.0], np.cumsum(x)])
+    edges = np.searchsorted(x, np.linspace(x[0], x[-1], bins + 1)[1:-1])
+    bounds = np.concatenate([[0], edges, [len(x)]])
+    counts = np.diff(bounds)
+    full = counts > 0
+    means = (prefix[bounds[1:]] - prefix[bounds[:-1]])[full] / counts[full]
+    seeds_from = (means, counts[full]) if full.sum() >= k else (distinct, None)
+    centers, _ = kmeans_plusplus(seeds_from[0][:, None], k, sample_weight=seeds_from[1],
+                                 random_state=seed)
+    centers = np.sort(centers[:, 0])
+    for _ in range(max_iter):
+        bounds = np.concatenate([[0], np.searchsorted(x, (centers[1:] + centers[:-1]) / 2), [len(x)]])
+        counts = np.diff(bounds)
+        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), centers)
+        if np.array_equal(new, centers):
+            break
+        centers = new
+    return centers
+
+
+def _sklearn(data: np.ndarray, k: int, algorithm: Algorithm, max_iter: int, seed: int) -> Tensor:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    data = points.numpy().astype(np.float64)
     if algorithm == "minibatch":
         est = MiniBatchKMeans(k, n_init=1, random_state=seed, batch_size=4096, max_iter=max_iter)
     else:
         est = KMeans(k, n_init=1, random_state=seed, max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate points
-        est.fit(data)
-    codebook = torch.from_numpy(est.cluster_centers_).float()
-    return codebook, nearest(points, codebook)
+        est.fit(data.astype(np.float64))
+    return torch.from_numpy(est.cluster_centers_)
 
 
 def nearest(points: Tensor, codebook: Tensor, chunk: int = 1 << 16) -> Tensor:
