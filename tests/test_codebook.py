@@ -128,9 +128,12 @@ def test_refresh_learns_assignments_and_drops_latents(tmp_path: Path) -> None:
 
 
 def test_int8_grid_survives_an_int8_weight_quantizer(tmp_path: Path) -> None:
-    _, model = _run(tmp_path, int8_grid=True, clusters=16)
-    for layer in (m for m in model.modules() if isinstance(m, CodebookLayer)):
+    report, model = _run(tmp_path, int8_grid=True, clusters=16, materialize=True)
+    assert not any(isinstance(m, CodebookLayer) for m in model.modules())   # plain layers for Q/DQ
+    assert report.rows[-1]["storage"]["compression"] > 7                    # measured before
+    for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
         w = layer.weight.detach()
+        assert len(torch.unique(w)) <= 16
         scale = float(w.abs().max() / 127)
         fq = torch.fake_quantize_per_tensor_affine(w, scale, 0, -127, 127)
         torch.testing.assert_close(fq, w, rtol=0, atol=scale * 1e-4)

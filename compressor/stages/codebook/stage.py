@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.layers import LayerSelection, check_per_layer, layer_value, select_layers
+from compressor.layers import (LayerSelection, check_per_layer, layer_value, materialize,
+                               select_layers)
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.codebook.kmeans import Algorithm
 from compressor.stages.codebook.modules import DENSE_TYPES, CodebookLayer, codebook_layer
@@ -46,6 +47,9 @@ class CodebookParams(LayerSelection, StageParams):
                                  "zlib/lzma); the coded size is reported beside the bit-packed one.")
     save_packed: bool = Field(True, description="Write deploy/STAGE.safetensors: bit-packed "
                               "indices, codebooks and all other tensors.")
+    materialize: bool = Field(False, description="End with plain layers holding the clustered "
+                              "weights (after measuring and packing), so a following quantize stage "
+                              "treats them as usual; with int8_grid its int8 weights are exact.")
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=1),
                                   description="Fine-tuning after clustering (epochs: 0 to skip).")
 
@@ -89,6 +93,9 @@ class Codebook(Stage):
             path = ctx.run_dir / "deploy" / f"{self.name}.safetensors"
             ctx.stage_metrics["packed_file_bytes"] = save_packed(ctx.model, path, p.entropy_coder)
             ctx.artifacts[self.name] = str(path)
+        if p.materialize:
+            materialize(ctx.model)
+            self._specs = {}
         return ctx
 
     def _cluster(self, name: str, module: nn.Module, seed: int) -> CodebookLayer:
