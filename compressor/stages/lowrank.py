@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
+from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
 from compressor.layers import LayerSelection, check_per_layer, layer_value, select_layers
@@ -108,7 +109,7 @@ class LowRank(Stage):
             raise StageError(f"{self.name}: no Linear or Conv2d layer matches layers={p.layers} "
                              f"ignore={p.ignore}")
         linear = {n: m for n, m in targets.items() if isinstance(m, nn.Linear)}
-        grams = (_input_grams(ctx, linear, p.calibration_samples)
+        grams = (input_statistics(ctx.model, ctx.task, linear, _gram, p.calibration_samples)
                  if p.method == "activation" else {})
         self._ranks: dict[str, int] = {}
         skipped = []
@@ -161,23 +162,7 @@ class LowRank(Stage):
         return model
 
 
-@torch.no_grad()
-def _input_grams(ctx: Context, layers: dict[str, nn.Linear], samples: int | None) -> dict[str, Tensor]:
-    """Sum of x x^T over every input vector each layer sees on calibration data (float64)."""
-    grams = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
-
-    def hook(name: str):
-        def fn(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            grams[name] += x.T @ x
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    ctx.model.eval()
-    try:
-        for inputs in ctx.task.calibration_batches(samples):
-            ctx.model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return grams
+def _gram(module: nn.Module, x: Tensor) -> Tensor:
+    """Sum of x x^T over the input vectors of a Linear layer (float64)."""
+    rows = x.reshape(-1, x.shape[-1]).double()
+    return rows.T @ rows

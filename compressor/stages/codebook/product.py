@@ -48,10 +48,20 @@ def normalized_subvectors(weight: Tensor, dim: int, scale: Tensor | None) -> Ten
 
 
 def quantize(weight: Tensor, clusters: int, *, dim: int = 1, per_channel: bool = False,
-             algorithm: Algorithm = "kmeans", seed: int = 0) -> Quantized:
-    """k-means codebook and assignments of ``weight`` (rows along axis 0)."""
+             importance: Tensor | None = None, algorithm: Algorithm = "kmeans",
+             seed: int = 0) -> Quantized:
+    """k-means codebook and assignments of ``weight`` (rows along axis 0).
+
+    ``importance`` (broadcastable to ``weight``) weights each value's squared error, e.g. the mean
+    squared input activation it multiplies; a sub-vector counts the mean of its values'.
+    """
     scale = row_scales(weight) if per_channel else None
-    codebook, assign = kmeans(normalized_subvectors(weight, dim, scale), clusters,
+    weights = None
+    if importance is not None:
+        weights = importance.detach().float().expand_as(weight).reshape(-1, dim).mean(1)
+        if scale is not None:   # the error in normalised units is scaled back by the row scale
+            weights = weights * (scale ** 2).repeat_interleave(weight[0].numel() // dim)
+    codebook, assign = kmeans(normalized_subvectors(weight, dim, scale), clusters, weights=weights,
                               algorithm=algorithm, seed=seed)
     return Quantized(codebook, assign.to(torch.uint8), scale, weight.shape)
 

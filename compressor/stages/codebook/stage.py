@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
 from compressor.layers import (LayerSelection, check_per_layer, layer_value, materialize,
@@ -36,6 +38,10 @@ class CodebookParams(LayerSelection, StageParams):
                      "2..8 = product quantization of sub-vectors along each row.")
     per_channel_scale: bool = Field(False, description="Divide each output row by its largest "
                                     "magnitude before clustering (one fp32 scale per row).")
+    weighting: Literal["uniform", "activation"] = Field(
+        "uniform", description="activation: weight each value's k-means error by the mean square "
+        "of the input it multiplies on calibration data (Linear, ungrouped Conv2d), so codewords "
+        "fit the weights that move the outputs most.")
     algorithm: Algorithm = Field("kmeans", description="scikit-learn KMeans, or MiniBatchKMeans "
                                  "for very large layers.")
     assignments: Literal["fixed", "refresh"] = Field(
@@ -69,9 +75,11 @@ class Codebook(Stage):
         if not targets:
             raise StageError(f"{self.name}: no Linear, Conv2d or Embedding layer matches layers="
                              f"{p.layers} ignore={p.ignore}")
+        power = (input_statistics(ctx.model, ctx.task, targets, _input_power)
+                 if p.weighting == "activation" else {})
         dense: dict[str, Tensor] = {}
         for name, module in targets.items():
-            ctx.model.set_submodule(name, self._cluster(name, module, ctx.seed))
+            ctx.model.set_submodule(name, self._cluster(name, module, power.get(name), ctx.seed))
             dense[name] = module.weight.detach()
         layers = codebook_layers(ctx.model)
         if p.int8_grid:
@@ -98,12 +106,12 @@ class Codebook(Stage):
             self._specs = {}
         return ctx
 
-    def _cluster(self, name: str, module: nn.Module, seed: int) -> CodebookLayer:
+    def _cluster(self, name: str, module: nn.Module, power: Tensor | None, seed: int) -> CodebookLayer:
         p: CodebookParams = self.params
         k, dim, per_channel = (layer_value(name, module, f, getattr(p, f), p.per_layer)
                                for f in PER_LAYER_FIELDS)
         try:
-            q = quantize(module.weight, k, dim=dim, per_channel=per_channel,
+            q = quantize(module.weight, k, dim=dim, per_channel=per_channel, importance=power,
                          algorithm=p.algorithm, seed=seed)
             layer = codebook_layer(module, len(q.codebook), dim, per_channel)
         except ValueError as exc:
@@ -119,6 +127,15 @@ class Codebook(Stage):
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         return convert(model, state["layers"])
+
+
+def _input_power(module: nn.Module, x: Tensor) -> Tensor:
+    """Sum of squares of each input feature, shaped to broadcast against the layer's weight."""
+    if isinstance(module, nn.Linear):
+        return (x.reshape(-1, x.shape[-1]).double() ** 2).sum(0)[None, :]
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return (x.double() ** 2).sum((0, 2, 3))[None, :, None, None]
+    return torch.ones(1, dtype=torch.float64)
 
 
 def _snap(layers: dict[str, CodebookLayer]) -> None:
