@@ -52,6 +52,14 @@ def test_kmeans_keeps_few_distinct_values_exact() -> None:
     assert torch.equal(codebook[assign], points)
 
 
+@pytest.mark.parametrize("dim", [1, 2])
+def test_weighted_kmeans_fits_the_heavy_points(dim: int) -> None:
+    points = torch.cat([torch.randn(400, dim) - 3, torch.randn(400, dim) + 3])
+    weights = torch.cat([torch.full((400,), 100.0), torch.ones(400)])
+    codebook, _ = kmeans(points, 4, weights=weights)
+    assert (codebook.mean(1) < 0).sum() >= 3   # most codewords go where the weight is
+
+
 @pytest.mark.parametrize("dim", [1, 4])
 def test_nearest_matches_brute_force(dim: int) -> None:
     points, codebook = torch.randn(500, dim), torch.randn(16, dim)
@@ -97,7 +105,7 @@ def test_codebook_layer_computes_its_dense_twin(dense: nn.Module, x: torch.Tenso
 
 # ---------------------------------------------------------------------- the stage
 def test_stage_compresses_restores_and_packs_exactly(tmp_path: Path) -> None:
-    report, model = _run(tmp_path, per_channel_scale=True, entropy_coder="zlib")
+    report, model = _run(tmp_path, per_channel_scale=True, entropy_coder="zlib", weighting="activation")
     row = report.rows[-1]
     assert row["quality"] > 0.9 and row["layers"] == 4
     s = row["storage"]
