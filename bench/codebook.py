@@ -42,8 +42,10 @@ DIGITS = [
 DIGITS_FINETUNE = {"epochs": 5, "lr": 1e-3}
 
 MINILM = [
-    ("Linear k=16 (4 bit)", {"clusters": 16, "layers": ["type:Linear"]}),
-    ("Linear k=16 + Embedding k=16", {"clusters": 16, "layers": ["type:Linear", "type:Embedding"]}),
+    ("all Linear k=16 (4 bit)", {"clusters": 16, "layers": ["type:Linear"], "weighting": "activation",
+                                 "assignments": "refresh"}),
+    ("all Linear + Embedding k=16", {"clusters": 16, "layers": ["type:Linear", "type:Embedding"],
+                                     "weighting": "activation", "assignments": "refresh"}),
 ]
 MINILM_FINETUNE = {"epochs": 2, "lr": 1e-4}
 

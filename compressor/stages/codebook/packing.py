@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from compressor.errors import ModelLoadError
 from compressor.io import atomic_path
+from compressor.metrics import storage_bytes
 from compressor.stages.codebook.modules import CodebookLayer, codebook_layer, index_bits
 
 Coder = Literal["none", "zlib", "lzma"]
@@ -97,8 +98,6 @@ def storage(model: nn.Module, coder: Coder = "none") -> Storage:
 
     ``dense_bytes`` is the same model with every tensor at its dtype's size (the fp32 reference).
     """
-    from compressor.metrics import storage_bytes
-
     layers = codebook_layers(model)
     index = sum(index_bits(m.clusters) * m.indices.numel() for m in layers.values())
     books = sum(32 * m.codebook.numel() for m in layers.values())

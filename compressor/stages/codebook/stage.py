@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.layers import (LayerSelection, check_per_layer, layer_value, materialize,
-                               select_layers)
+from compressor.layers import LayerSelection, check_per_layer, layer_value, select_layers
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.codebook.kmeans import Algorithm
 from compressor.stages.codebook.modules import DENSE_TYPES, CodebookLayer, codebook_layer
@@ -80,7 +79,8 @@ class Codebook(Stage):
         dense: dict[str, Tensor] = {}
         for name, module in targets.items():
             ctx.model.set_submodule(name, self._cluster(name, module, power.get(name), ctx.seed))
-            dense[name] = module.weight.detach()
+            if p.assignments == "refresh":
+                dense[name] = module.weight.detach()
         layers = codebook_layers(ctx.model)
         if p.int8_grid:
             _snap(layers)
@@ -102,7 +102,8 @@ class Codebook(Stage):
             ctx.stage_metrics["packed_file_bytes"] = save_packed(ctx.model, path, p.entropy_coder)
             ctx.artifacts[self.name] = str(path)
         if p.materialize:
-            materialize(ctx.model)
+            for name, layer in layers.items():
+                ctx.model.set_submodule(name, layer.to_dense())
             self._specs = {}
         return ctx
 
