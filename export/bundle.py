@@ -22,6 +22,8 @@ from compressor.task import Task
 
 FORMAT = "compressor-deploy/1"
 EXAMPLE = Path(__file__).with_name("infer_example.py")
+#: Files the bundle writes beside the models.
+FILES = ("manifest.json", "infer.py", "sample.npz")
 #: Prefix of the reference outputs in sample.npz.
 EXPECTED = "expected."
 

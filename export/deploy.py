@@ -62,6 +62,7 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     _check_formats(params.formats, target)
     model = model.eval()
     res = ExportResult(deploy_dir)
+    _clear(deploy_dir)
     axes = task.dynamic_axes or {n: {0: "batch"} for n in task.input_names + task.output_names}
     quality = task.evaluate(model) if params.evaluate else None
     summary = {"metric": task.metric, "quality": quality, "params": count_params(model),
@@ -76,17 +77,21 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
                           "target": target.name, "metrics": summary},
                 external_data_mb=params.external_data_mb)
     onnx_files = {"onnx": onnx_path}
-    if read_metadata(onnx_path)["precision"] == "int8":
-        _check_qdq(onnx_path, target, res)
 
-    # ---- fp16 (also the TensorRT input where the target runs fp16)
-    if "onnx-fp16" in params.formats or ("tensorrt" in params.formats and target.allows("fp16")):
+    # ---- fp16; also the TensorRT input of float models where the target runs fp16. Q/DQ models
+    # go to TensorRT as they are: the fp16 converter keeps Q/DQ fp32 behind Casts (fp16 scales need
+    # opset 19), and a Cast between DequantizeLinear and Conv can stop TensorRT's int8 fusion.
+    qdq = read_metadata(onnx_path)["precision"] == "int8"
+    trt_fp16 = "tensorrt" in params.formats and target.allows("fp16") and not qdq
+    if "onnx-fp16" in params.formats or trt_fp16:
         from compressor.export.fp16 import KEEP_FLOAT, convert_file
 
         keep = params.fp16_keep_float if params.fp16_keep_float is not None else KEEP_FLOAT
         onnx_files["onnx-fp16"] = convert_file(onnx_path, deploy_dir / FILES["onnx-fp16"], keep_float=keep,
                                                external_data_mb=params.external_data_mb)
     precision = {fmt: read_metadata(path)["precision"] for fmt, path in onnx_files.items()}
+    if qdq:
+        _check_qdq(onnx_path, target, res)
 
     # ---- parity on held-out inputs
     inputs = task.example_inputs(params.parity.samples)
@@ -99,7 +104,7 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     # ---- TensorRT
     trt_entry = None
     if "tensorrt" in params.formats:
-        trt_onnx = onnx_files.get("onnx-fp16", onnx_path) if target.allows("fp16") else onnx_path
+        trt_onnx = onnx_files["onnx-fp16"] if trt_fp16 else onnx_path
         trt_entry = _tensorrt(trt_onnx, task, target, params, deploy_dir, res, log)
         if trt_entry.get("file"):
             precision["tensorrt"] = precision["onnx-fp16" if trt_onnx != onnx_path else "onnx"]
@@ -118,12 +123,12 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     models = {fmt: bundle.model_entry(path, precision=precision[fmt], parity=parity[fmt],
                                       tolerance=_tolerance(params, precision[fmt]).model_dump(),
                                       quality=ort_quality.get(fmt), latency=latency.get(fmt))
-              for fmt, path in onnx_files.items() if fmt in params.formats}
+              for fmt, path in onnx_files.items()}
     if trt_entry is not None:
         models["tensorrt"] = {**trt_entry, "parity": parity["tensorrt"].as_dict() if "tensorrt" in parity else None}
     manifest = bundle.write_bundle(
         deploy_dir, task=task, target=target, io=io_specs(onnx_path), models=models,
-        summary={**summary, **({"roofline": _roofline(summary["macs"], latency, precision)} if latency else {})},
+        summary={**summary, "roofline": _roofline(summary["macs"], latency, precision) if latency else None},
         provenance=provenance.__dict__, sample_inputs=tuple(t[:4] for t in inputs),
         sample_outputs=reference[:4], failures=res.failures, notes=res.notes)
 
@@ -131,7 +136,9 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     if trt_entry is not None and trt_entry.get("build_script"):
         res.artifacts["tensorrt_build"] = str(deploy_dir / trt_entry["build_script"])
     res.artifacts["manifest"] = str(manifest)
-    res.metrics = {"parity": {f: p.as_dict() for f, p in parity.items()}}
+    # ``parity`` is the main ONNX model's (the report's column); every format's is in ``parity_by_format``.
+    res.metrics = {"parity": parity["onnx"].as_dict(),
+                   "parity_by_format": {f: p.as_dict() for f, p in parity.items()}}
     if latency:
         main = next(f for f in ("onnx", "onnx-fp16") if f in latency)
         res.metrics.update(latency_ms=latency[main]["p50_ms"], latency_p90_ms=latency[main]["p90_ms"],
@@ -139,6 +146,13 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     if ort_quality:
         res.metrics["deployed_quality"] = ort_quality
     return res
+
+
+def _clear(deploy_dir: Path) -> None:
+    """Remove what an earlier export wrote here, so no stale variant ships with the new one."""
+    names = [*FILES.values(), *(f + ".data" for f in FILES.values()), *bundle.FILES, "build_engine.sh"]
+    for name in names:
+        (deploy_dir / name).unlink(missing_ok=True)
 
 
 def _check_formats(formats: list[str], target: Target) -> None:

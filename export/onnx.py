@@ -80,7 +80,8 @@ def _torch_export(model: nn.Module, example_inputs: tuple[Tensor, ...], path: Pa
                                   input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes, do_constant_folding=True)
         except Exception as exc:  # torch raises many types; the message is what matters
-            raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
+            hint = (f" (fake-quant modules need opset >= {QDQ_MIN_OPSET})" if opset < QDQ_MIN_OPSET else "")
+            raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}{hint}") from exc
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -37,7 +37,8 @@ def gemm_model(kernel: str, m: int, k: int, n: int, seed: int = 0) -> onnx.Model
     graph = helper.make_graph([node], f"gemm_{kernel}", [helper.make_tensor_value_info("A", a_type, [m, k])],
                               [helper.make_tensor_value_info("Y", y_type, [m, n])],
                               [numpy_helper.from_array(b, "B")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 8 pairs with opset 17 (onnx.helper would stamp its newest, which ORT may not read).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def measure_peaks(size: int = 1024, threads: Iterable[int | None] = (1, None), *, warmup: int = 3,

@@ -79,7 +79,10 @@ class Export(Stage):
         provenance = Provenance(recipe_hash=recipe_hash(ctx.recipe),
                                 stages=[{"name": r.name, "kind": r.kind} for r in ctx.records],
                                 recipe=ctx.recipe.name)
-        result = export_model(ctx.model, ctx.task, ctx.target, ctx.run_dir / "deploy", self.params,
+        params = self.params
+        if ctx.recipe.report.latency == "off":  # the recipe turned timing off for every stage
+            params = params.model_copy(update={"latency": False})
+        result = export_model(ctx.model, ctx.task, ctx.target, ctx.run_dir / "deploy", params,
                               provenance=provenance, report=ctx.recipe.report, log=ctx.log)
         ctx.artifacts.update(result.artifacts)
         ctx.stage_metrics.update(result.metrics)
