@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class ExportResult:
 
 def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str | Path,
                  params: "ExportParams", *, provenance: Provenance | None = None,
-                 report: "ReportSpec | None" = None, log: Callable[[str], None] = print) -> ExportResult:
+                 report: "ReportSpec | None" = None) -> ExportResult:
     """Export ``model`` for ``target`` into ``deploy_dir`` (see the module docstring)."""
     from compressor.metrics import count_macs, count_params
 
@@ -105,7 +105,7 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     trt_entry = None
     if "tensorrt" in params.formats:
         trt_onnx = onnx_files["onnx-fp16"] if trt_fp16 else onnx_path
-        trt_entry = _tensorrt(trt_onnx, task, target, params, deploy_dir, res, log)
+        trt_entry = _tensorrt(trt_onnx, task, target, params, deploy_dir, res)
         if trt_entry.get("file"):
             precision["tensorrt"] = precision["onnx-fp16" if trt_onnx != onnx_path else "onnx"]
             parity["tensorrt"] = engine_parity(reference, deploy_dir / trt_entry["file"],
@@ -145,6 +145,8 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
                            latency=latency)
     if ort_quality:
         res.metrics["deployed_quality"] = ort_quality
+    if res.notes:
+        res.metrics["notes"] = list(res.notes)
     return res
 
 
@@ -199,7 +201,7 @@ def _judge(fmt: str, precision: str, parity: Parity, params: "ExportParams", res
 
 
 def _tensorrt(onnx_path: Path, task: Task, target: Target, params: "ExportParams", deploy_dir: Path,
-              res: ExportResult, log: Callable[[str], None]) -> dict[str, Any]:
+              res: ExportResult) -> dict[str, Any]:
     from compressor.export import tensorrt as trt
 
     p = params.tensorrt
@@ -219,7 +221,6 @@ def _tensorrt(onnx_path: Path, task: Task, target: Target, params: "ExportParams
                                       workspace_mb=workspace, timing_cache=cache))
         return entry
     script = trt.write_build_script(deploy_dir / "build_engine.sh", command, reason=reason)
-    log(f"TensorRT engine not built here ({reason}); build it on the target with {script}")
     res.notes.append(f"TensorRT engine not built here: {reason}; run deploy/{script.name} on the target")
     return {**entry, "build_script": script.name, "not_built": reason}
 

@@ -37,8 +37,7 @@ def unavailable_reason() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError as exc:
-        return (f"the tensorrt Python package does not import ({exc}); install it on the target "
-                "with `pip install 'compressor[tensorrt]'`")
+        return f"tensorrt does not import ({exc}); on the target: pip install 'compressor[tensorrt]'"
     if gpu_info() is None:
         return "no CUDA GPU is visible"
     return None

@@ -53,11 +53,13 @@ def test_gemm_models_compute_a_matrix_product(tmp_path: Path, kernel: str) -> No
     onnx.checker.check_model(proto)
     path = tmp_path / f"{kernel}.onnx"
     onnx.save(proto, str(path))
-    b = onnx.numpy_helper.to_array(proto.graph.initializer[0])
-    dtype = roofline.KERNELS[kernel][1]
-    a = np.arange(32).reshape(4, 8).astype(dtype) if kernel != "fp32" else np.ones((4, 8), np.float32)
-    expected = a.astype(np.int64) @ b.astype(np.int64) if kernel != "fp32" else a @ b
-    np.testing.assert_allclose(ort_outputs(path, (a,)), expected, rtol=1e-5)
+    b = onnx.numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float64)
+    if kernel == "int8":  # exact in int8: A on the quantization grid, B scaled like the graph
+        a, b = np.arange(-16, 16).reshape(4, 8) * 0.01, b * 0.01
+    else:
+        a = np.arange(32).reshape(4, 8) if kernel == "int8-u8s8" else np.linspace(-1, 1, 32).reshape(4, 8)
+    out = ort_outputs(path, (a.astype(roofline.KERNELS[kernel]),))
+    np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
 
 def test_efficiency_and_peaks_cache(tmp_path: Path) -> None:

@@ -83,7 +83,9 @@ class Export(Stage):
         if ctx.recipe.report.latency == "off":  # the recipe turned timing off for every stage
             params = params.model_copy(update={"latency": False})
         result = export_model(ctx.model, ctx.task, ctx.target, ctx.run_dir / "deploy", params,
-                              provenance=provenance, report=ctx.recipe.report, log=ctx.log)
+                              provenance=provenance, report=ctx.recipe.report)
+        for note in result.notes:
+            ctx.log(f"note: {note}")
         ctx.artifacts.update(result.artifacts)
         ctx.stage_metrics.update(result.metrics)
         if result.failures:
