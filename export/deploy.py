@@ -19,7 +19,7 @@ from compressor.errors import StageError
 from compressor.export import bundle
 from compressor.export.onnx import export_onnx, io_specs, read_metadata
 from compressor.export.parity import Parity, engine_parity, onnx_parity, torch_outputs
-from compressor.export.targets import Target
+from compressor.export.targets import TARGETS, Target
 from compressor.task import Task
 
 if TYPE_CHECKING:
@@ -159,19 +159,13 @@ def _clear(deploy_dir: Path) -> None:
 
 def _check_formats(formats: list[str], target: Target) -> None:
     if "onnx-fp16" in formats and not target.allows("fp16"):
-        allowed = ", ".join(n for n, t in _targets().items() if t.allows("fp16"))
+        allowed = ", ".join(n for n, t in TARGETS.items() if t.allows("fp16"))
         raise StageError(f"export.formats: target {target.name} does not run fp16 (precisions: "
                          f"{', '.join(target.precisions)}); drop onnx-fp16 or pick a target that does ({allowed})")
     if "tensorrt" in formats and target.runtime != "tensorrt":
-        allowed = ", ".join(n for n, t in _targets().items() if t.runtime == "tensorrt")
+        allowed = ", ".join(n for n, t in TARGETS.items() if t.runtime == "tensorrt")
         raise StageError(f"export.formats: tensorrt needs a TensorRT target ({allowed}); "
                          f"{target.name} runs {target.runtime}")
-
-
-def _targets() -> dict[str, Target]:
-    from compressor.export.targets import TARGETS
-
-    return TARGETS
 
 
 def _check_qdq(path: Path, target: Target, res: ExportResult) -> None:
