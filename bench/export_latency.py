@@ -5,7 +5,7 @@ on the same held-out inputs with the same thread count, so the ratios are what t
 the cosine to the torch output on those inputs.
 
     .venv/bin/python bench/export_latency.py                          # resnet18 mobilenet_v2 minilm
-    .venv/bin/python bench/export_latency.py --models resnet18 --batch 8 --threads 1
+    .venv/bin/python bench/export_latency.py --models resnet18 --batch 8 --threads 2
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "minilm"])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--iterations", type=int, default=30, help="timed runs per variant")
     parser.add_argument("--rounds", type=int, default=5, help="turns per variant")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "export_bench.md")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"""# Export latency: torch eager vs ONNX Runtime fp32 vs fp16
 
 Measured {date.today().isoformat()} on this machine's CPU with `{command}`
-(batch {args.batch}, {args.threads} threads for torch and ONNX Runtime, variants interleaved in one
+(batch {args.batch}, thread count {args.threads} for torch and ONNX Runtime, variants interleaved in one
 process: {args.rounds} rounds, {args.iterations} timed runs each; medians).
 
 {chr(10).join(table)}
@@ -88,8 +88,9 @@ process: {args.rounds} rounds, {args.iterations} timed runs each; medians).
   kept fp32, fp32 inputs and outputs).
 - This x86 CPU has no fp16 arithmetic: ONNX Runtime's CPU provider runs most fp16 nodes by casting
   back to fp32, so fp16 here only halves the file; it pays off on ARMv8.2+ CPUs and on GPUs.
-- The machine is shared (2 cores); absolute times move by up to +-25% between runs, the ratios
-  within one run much less.
+- The machine is shared (2 cores, other jobs running): with two threads each, contention dominates
+  the timings (torch eager's OpenMP threads wait on each other); `--threads 1` gives steadier
+  ratios there. Absolute times move by up to +-25% between runs, the ratios within one run much less.
 """
     args.doc.write_text(text)
     print(text)
