@@ -18,12 +18,14 @@ Exporter = Literal["torchscript", "dynamo"]
 def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str | Path, *,
                 input_names: list[str], output_names: list[str],
                 dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
-                exporter: Exporter = "torchscript", simplify: bool = False) -> Path:
+                exporter: Exporter = "torchscript", simplify: bool = False,
+                runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime") -> Path:
     """Export ``model`` to ``path`` and run ``onnx.checker`` on the result.
 
     The TorchScript exporter is the default: it is ~15x faster here and the only one whose
     transformer graphs ONNX Runtime's optimizer fuses. The dynamo exporter specialises a batch
-    of 1, so pass examples with batch >= 2 when using it.
+    of 1, so pass examples with batch >= 2 when using it. A fake-quantized model's Q/DQ graph is
+    cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`).
     """
     path = Path(path)
     model = model.eval()
@@ -43,10 +45,19 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                                   dynamic_axes=dynamic_axes or {}, do_constant_folding=True)
         except Exception as exc:  # torch raises many types; the message is what matters
             raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
+        _finish_qdq(tmp, runtime)
         if simplify:
             _simplify(tmp)
         onnx.checker.check_model(str(tmp))
     return path
+
+
+def _finish_qdq(path: Path, runtime: str) -> None:
+    from compressor.export.qdq_graph import has_qdq, optimize_qdq
+
+    model = onnx.load(str(path))
+    if has_qdq(model):
+        onnx.save(optimize_qdq(model, runtime=runtime), str(path))
 
 
 def _simplify(path: Path) -> None:
