@@ -9,7 +9,7 @@ import sys
 import warnings
 
 #: Command modules, in the order `--help` lists them; each defines ``register(subparsers)``.
-COMMANDS = ("run", "validate", "schema", "zoo", "targets")
+COMMANDS = ("run", "validate", "schema", "zoo", "targets", "sensitivity")
 
 DESCRIPTION = """\
 Compress PyTorch models for edge targets and export them.

@@ -38,7 +38,8 @@ class Export(Stage):
         path = ctx.run_dir / "deploy" / "model.onnx"
         export_onnx(ctx.model, task.example_inputs(2), path, input_names=task.input_names,
                     output_names=task.output_names, dynamic_axes=task.dynamic_axes,
-                    opset=p.opset or ctx.target.opset, exporter=p.exporter, simplify=p.simplify)
+                    opset=p.opset or ctx.target.opset, exporter=p.exporter, simplify=p.simplify,
+                    runtime=ctx.target.runtime)
         ctx.artifacts["onnx"] = str(path)
         parity = onnx_parity(ctx.model, path, task.example_inputs(p.parity.samples))
         ctx.stage_metrics["parity"] = parity.as_dict()

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from compressor.layers import LayerSelection, layer_value, select_layers
 from compressor.stages.quantize.dataflow import trace_flow
-from compressor.stages.quantize.quantizers import (QuantMixin, TensorQuantizer, quantize_module,
-                                                    quantizers)
+from compressor.stages.quantize.quantizers import QuantMixin, TensorQuantizer, quantize_module
 
 #: Bit widths that mean "keep this tensor in float".
 FLOAT_BITS = (16, 32)
@@ -159,7 +158,8 @@ def _is_tensor_add(node: torch.fx.Node) -> bool:
 # --------------------------------------------------------------------------- shared inputs
 def shared_quantizer_groups(model: nn.Module, inputs: tuple[Tensor, ...]) -> list[list[str]]:
     """Names of activation quantizers that see the same tensor (to be merged into one)."""
-    acts = {n: q for n, q in quantizers(model).items() if q.axis is None and q.enabled}
+    acts = {n: q for n, q in model.named_modules(remove_duplicate=False)
+            if isinstance(q, TensorQuantizer) and q.axis is None and q.enabled}
     flow = trace_flow(model, inputs, acts)
     return [g for g in flow.groups(list(acts)) if len(g) > 1]
 

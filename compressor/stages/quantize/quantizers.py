@@ -53,6 +53,12 @@ class TensorQuantizer(nn.Module):
         self.calibrating = False
         self.enabled = True
         self.observer: Observer | None = None
+        #: Per-channel (last dim) factors applied before quantizing (SmoothQuant); None: off.
+        self.register_buffer("smooth", None)
+
+    def enable_smoothing(self, channels: int) -> None:
+        """Add the SmoothQuant input factors (ones until set), a buffer so checkpoints keep it."""
+        self.smooth = torch.ones(channels, device=self.scale.device)
 
     # ------------------------------------------------------------------ range
     @property
@@ -92,6 +98,13 @@ class TensorQuantizer(nn.Module):
             self.scale = nn.Parameter(value)
         return self.scale
 
+    def freeze(self) -> None:
+        """Back to a fixed scale buffer (after QAT), so export uses the int8 Q/DQ path."""
+        if isinstance(self.scale, nn.Parameter):
+            value = self.scale.detach().clone()
+            del self._parameters["scale"]
+            self.register_buffer("scale", value)
+
     # ------------------------------------------------------------------ forward
     def _broadcast(self, t: Tensor, x: Tensor) -> Tensor:
         if self.axis is None:
@@ -101,6 +114,8 @@ class TensorQuantizer(nn.Module):
         return t.reshape(shape)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.smooth is not None:  # the consumer's weights carry the inverse factors
+            x = x * self.smooth
         if not self.enabled:
             return x
         if self.calibrating:
@@ -201,10 +216,4 @@ def quantize_module(module: nn.Module, weight: TensorQuantizer | None,
 
 def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
     """Every tensor quantizer in ``model`` by qualified name (shared ones once)."""
-    seen: set[int] = set()
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, TensorQuantizer) and id(m) not in seen:
-            seen.add(id(m))
-            out[name] = m
-    return out
+    return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
