@@ -31,6 +31,40 @@ from onnx import helper, numpy_helper
 COMMUTING_OPS = ("Relu", "MaxPool")
 
 
+def tensorrt_rule_violations(model: onnx.ModelProto) -> list[str]:
+    """TensorRT's explicit-quantization rules, checked on a graph (empty list: it complies).
+
+    Q/DQ only (no QLinear*/Integer ops); int8 zero points 0; int8 weights in [-127, 127],
+    per-channel only on axis 0; per-tensor activation scales; constant scales; opset >= 13.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    problems = []
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        problems.append(f"opset {opset} < 13")
+    for n in model.graph.node:
+        where = n.name or n.output[0]
+        if n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"):
+            problems.append(f"{where}: {n.op_type} is not supported")
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(i not in inits for i in n.input[1:3]):
+            problems.append(f"{where}: scale and zero point must be constants")
+            continue
+        zp = inits[n.input[2]] if len(n.input) > 2 else np.zeros((), np.uint8)
+        if zp.dtype != np.int8 or np.any(zp):
+            problems.append(f"{where}: zero point must be int8 0 (got {zp.dtype})")
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].min() < -127:
+                problems.append(f"{where}: weights outside the narrow range [-127, 127]")
+            if inits[n.input[1]].size > 1 and axis != 0:
+                problems.append(f"{where}: per-channel weights must use axis 0 (got {axis})")
+        elif inits[n.input[1]].size != 1:
+            problems.append(f"{where}: activation scales must be per tensor")
+    return problems
+
+
 def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 import compressor
 from compressor.export.onnx import export_onnx
+from compressor.export.qdq_graph import tensorrt_rule_violations
 from compressor.export.runtime import ort_session
 from compressor.layers import LayerSelection
 from compressor.stages.quantize import TensorQuantizer, quantizers
@@ -25,38 +25,6 @@ from compressor.stages.quantize.placement import (TensorPlan, insert_add_quantiz
                                                    shared_quantizer_groups, wrap_layers)
 from compressor.stages.quantize.rounding import comq_round
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
-
-
-def trt_rule_violations(model: onnx.ModelProto) -> list[str]:
-    """TensorRT's explicit-quantization rules (symmetric int8, zp 0, narrow weights, axis 0,
-    per-tensor activations, constant scales, opset >= 13). Minimal local check."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    problems = []
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:
-        problems.append(f"opset {opset} < 13")
-    for n in model.graph.node:
-        if n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"):
-            problems.append(f"unsupported op {n.op_type}")
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        if n.input[1] not in inits or (len(n.input) > 2 and n.input[2] not in inits):
-            problems.append(f"{n.name}: scale/zero point not constant")
-            continue
-        zp = inits[n.input[2]]
-        if zp.dtype != np.int8 or np.any(zp):
-            problems.append(f"{n.name}: zero point must be int8 0")
-        is_weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
-        if is_weight:
-            w = inits[n.input[0]]
-            if w.min() < -127:
-                problems.append(f"{n.name}: weight outside [-127, 127]")
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-            if inits[n.input[1]].size > 1 and axis != 0:
-                problems.append(f"{n.name}: per-channel axis {axis} != 0")
-        elif inits[n.input[1]].size != 1:
-            problems.append(f"{n.name}: activation scale must be per tensor")
-    return problems
 
 
 def op_counts(path: Path, optimized: bool = False) -> Counter:
@@ -188,7 +156,7 @@ def test_tensorrt_export_quantizes_the_residual_and_follows_the_rules(tmp_path: 
     path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"],
                        runtime="tensorrt")
     graph = onnx.load(str(path))
-    assert trt_rule_violations(graph) == []
+    assert tensorrt_rule_violations(graph) == []
     add = next(n for n in graph.graph.node if n.op_type == "Add")
     producers = {o: n.op_type for n in graph.graph.node for o in n.output}
     assert "DequantizeLinear" in [producers.get(i) for i in add.input]
@@ -276,7 +244,7 @@ def test_ptq_stage_exports_qdq_and_checkpoint_restores(tmp_path: Path) -> None:
     assert row["size_bytes"] < 0.4 * base["size_bytes"]
     graph = onnx.load(report.artifacts["onnx"])
     assert op_counts(Path(report.artifacts["onnx"]))["DequantizeLinear"] > 0
-    assert trt_rule_violations(graph) == []
+    assert tensorrt_rule_violations(graph) == []
     ckpt = Path(report.run_dir) / "checkpoints" / "01-quantize.pt"
     restored = compressor.load_model(ckpt)
     assert restored.classifier.weight_quantizer is None

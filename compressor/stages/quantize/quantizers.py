@@ -217,3 +217,15 @@ def quantize_module(module: nn.Module, weight: TensorQuantizer | None,
 def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
     """Every tensor quantizer in ``model`` by qualified name (shared ones once)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def _count_macs_like_base() -> None:
+    """torch-pruning's MAC counter (compressor.metrics) finds modules by exact type: count the
+    quantized layers like their base classes."""
+    from torch_pruning.utils import op_counter
+
+    for quant, base in ((QuantConv2d, nn.Conv2d), (QuantLinear, nn.Linear)):
+        op_counter.MODULES_MAPPING.setdefault(quant, op_counter.MODULES_MAPPING[base])
+
+
+_count_macs_like_base()
