@@ -234,6 +234,7 @@ def _recipe(stages: list[dict], target: str = "cpu-x86") -> dict:
             "report": {"latency": "off"}, "stages": stages}
 
 
+@pytest.mark.slow
 def test_ptq_stage_exports_qdq_and_checkpoint_restores(tmp_path: Path) -> None:
     report = compressor.run(_recipe([
         {"quantize": {"activations": {"observer": "percentile"}, "per_layer": {"classifier": {"bits": 32}}}},
@@ -256,6 +257,7 @@ def test_ptq_stage_exports_qdq_and_checkpoint_restores(tmp_path: Path) -> None:
     assert float(restored.features[0][0].input_quantizer.scale) != 1.0
 
 
+@pytest.mark.slow
 def test_qat_int4_weights_trains_scales_and_restores(tmp_path: Path) -> None:
     report = compressor.run(_recipe([{"quantize": {
         "mode": "qat", "weights": {"bits": 4}, "rounding": {"method": "comq"}, "distill": 0.5,
@@ -276,7 +278,7 @@ def test_sensitivity_command_writes_table_and_plot(tmp_path: Path) -> None:
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(_recipe([{"quantize": {"weights": {"bits": 2}}}])))
-    assert main(["sensitivity", str(recipe), "--samples", "64", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sensitivity", str(recipe), "--samples", "32", "--out", str(tmp_path / "s")]) == 0
     import json
 
     drops = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["drops"]

@@ -8,6 +8,7 @@ BN folding (Conv -> BatchNorm), SmoothQuant (LayerNorm/Linear -> Linear) and qua
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -40,11 +41,28 @@ class Flow:
 
 
 @torch.no_grad()
+def run_hooked(model: nn.Module, batches: Iterable[tuple[Tensor, ...]],
+               hooks: list[tuple[nn.Module, Callable]], *, pre: bool = False) -> None:
+    """Run ``batches`` through ``model`` in eval mode with forward (or pre-forward) hooks attached."""
+    register = (lambda m, fn: m.register_forward_pre_hook(fn)) if pre else (
+        lambda m, fn: m.register_forward_hook(fn))
+    handles = [register(m, fn) for m, fn in hooks]
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs in batches:
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def trace_flow(model: nn.Module, inputs: tuple[Tensor, ...],
                modules: dict[str, nn.Module] | None = None) -> Flow:
     """Run ``model(*inputs)`` once and record input/output tensor ids of ``modules`` (default all)."""
     modules = modules if modules is not None else dict(model.named_modules())
-    flow, alive, handles = Flow(), [], []
+    flow, alive = Flow(), []
 
     def hook(name: str):
         def fn(_m: nn.Module, args: tuple, out: object) -> None:
@@ -56,15 +74,5 @@ def trace_flow(model: nn.Module, inputs: tuple[Tensor, ...],
                 alive.append(out)
         return fn
 
-    for name, m in modules.items():
-        if name:
-            handles.append(m.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_hooked(model, [inputs], [(m, hook(n)) for n, m in modules.items() if n])
     return flow

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from compressor.stages.quantize.dataflow import run_hooked
 from compressor.stages.quantize.quantizers import QuantConv2d, QuantLinear, QuantMixin
 
 
@@ -36,16 +37,7 @@ def input_gram(model: nn.Module, names: list[str], batches: Iterable[tuple[Tenso
             grams[name] = g if name not in grams else grams[name] + g
         return fn
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs in batches:
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_hooked(model, batches, [(model.get_submodule(n), hook(n)) for n in names], pre=True)
     return grams
 
 

@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from compressor.stages.quantize.dataflow import run_hooked
 from compressor.stages.quantize.quantizers import QuantLinear, TensorQuantizer
 
 
@@ -48,20 +49,13 @@ def input_channel_max(model: nn.Module, quantizer_names: list[str],
 
     quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
     states = [q.enabled for q in quantizers]
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in quantizer_names]
     for q in quantizers:  # statistics of the float model
         q.enabled = False
-    was_training = model.training
-    model.eval()
     try:
-        for inputs in batches:
-            model(*inputs)
+        run_hooked(model, batches, [(model.get_submodule(n), hook(n)) for n in quantizer_names], pre=True)
     finally:
-        for h in handles:
-            h.remove()
         for q, state in zip(quantizers, states):
             q.enabled = state
-        model.train(was_training)
     return stats
 
 
