@@ -26,6 +26,7 @@ examples:
   compressor run --resume runs/try1                 # continue after an interruption
   compressor validate recipe.yaml                   # check a recipe without running it
   compressor schema > recipe.schema.json            # JSON Schema for editor completion
+  compressor sensitivity recipes/minilm_int8.yaml   # per-layer quantization sensitivity
 
 Add --debug to any command for a full traceback on errors.
 """

@@ -112,15 +112,16 @@ class HistogramObserver(Observer):
             self.width = max(top, 1e-8) / self.bins
             self.hist = torch.zeros(self.bins, dtype=torch.float64)
         needed = int(top / self.width) + 1
-        if needed > len(self.hist):  # grow the range, halving resolution when too many bins
-            grown = torch.zeros(needed, dtype=torch.float64)
-            grown[:len(self.hist)] = self.hist
-            self.hist = grown
-            while len(self.hist) > self.max_bins:
-                if len(self.hist) % 2:
-                    self.hist = torch.cat([self.hist, self.hist.new_zeros(1)])
-                self.hist = self.hist.view(-1, 2).sum(1)
-                self.width *= 2
+        if needed > len(self.hist):  # grow the range; merge bins (powers of 2) to stay <= max_bins
+            factor = 1
+            while needed > self.max_bins * factor:
+                factor *= 2
+            if factor > 1:
+                merged = self.hist.new_zeros(-(-len(self.hist) // factor))
+                self.hist = merged.index_add_(0, torch.arange(len(self.hist)) // factor, self.hist)
+                self.width *= factor
+                needed = int(top / self.width) + 1
+            self.hist = torch.cat([self.hist, self.hist.new_zeros(max(0, needed - len(self.hist)))])
         idx = (x / self.width).long().clamp_(max=len(self.hist) - 1)
         self.hist += torch.bincount(idx, minlength=len(self.hist)).double()
 
