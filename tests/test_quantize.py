@@ -190,7 +190,7 @@ class TinyBlock(nn.Module):
         return self.q(h) + self.k(h) + h
 
 
-def test_smoothquant_keeps_the_float_model_and_cuts_int8_error() -> None:
+def test_smoothquant_keeps_the_float_model_and_cuts_int8_error(tmp_path: Path) -> None:
     torch.manual_seed(0)
     data = [(torch.randn(16, 8, 32),) for _ in range(4)]
     x = data[0][0]
@@ -214,6 +214,11 @@ def test_smoothquant_keeps_the_float_model_and_cuts_int8_error() -> None:
         calibrate(model, data)
         errors[use_smooth] = float((model(x) - reference).detach().pow(2).mean())
     assert errors[True] < 0.5 * errors[False], errors
+    # ONNX Runtime export: the smoothing multiply folds into the Q node's per-channel scale
+    path = export_onnx(model, (x,), tmp_path / "s.onnx", input_names=["x"], output_names=["y"])
+    assert op_counts(path)["Mul"] == 0
+    out = ort_session(path).run(None, {"x": x.numpy()})[0]
+    assert np.abs(out - model(x).detach().numpy()).max() < 1e-3 * np.abs(out).max() + 1e-4
 
 
 def test_comq_rounding_beats_nearest_on_the_layer_output() -> None:
