@@ -9,7 +9,7 @@ import sys
 import warnings
 
 #: Command modules, in the order `--help` lists them; each defines ``register(subparsers)``.
-COMMANDS = ("run", "export", "check_trt", "bench", "validate", "schema", "zoo", "targets")
+COMMANDS = ("run", "export", "check_trt", "bench", "sensitivity", "validate", "schema", "zoo", "targets")
 
 DESCRIPTION = """\
 Compress PyTorch models for edge targets and export them.
@@ -29,6 +29,7 @@ examples:
   compressor bench a.onnx b.onnx --batch 8          # interleaved ONNX Runtime latency
   compressor validate recipe.yaml                   # check a recipe without running it
   compressor schema > recipe.schema.json            # JSON Schema for editor completion
+  compressor sensitivity recipes/minilm_int8.yaml   # per-layer quantization sensitivity
 
 Add --debug to any command for a full traceback on errors.
 """

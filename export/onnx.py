@@ -35,14 +35,16 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                 dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
                 exporter: Exporter = "torchscript", simplify: bool = False,
                 metadata: Mapping[str, Any] | None = None,
-                external_data_mb: float = EXTERNAL_DATA_MB) -> Path:
+                external_data_mb: float = EXTERNAL_DATA_MB,
+                runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime") -> Path:
     """Export ``model`` to ``path``, optionally simplify it, stamp ``metadata`` and check it.
 
     ``compressor.precision`` in the metadata says ``int8`` for Q/DQ graphs, else ``fp32``.
     The TorchScript exporter is the default: it is ~15x faster here and the only one whose
     transformer graphs ONNX Runtime's optimizer fuses. The dynamo exporter specialises a batch
     of 1, so pass examples with batch >= 2 when using it. Models whose initializers exceed
-    ``external_data_mb`` are saved with their weights in ``<path>.data``.
+    ``external_data_mb`` are saved with their weights in ``<path>.data``. A fake-quantized
+    model's Q/DQ graph is cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`).
     """
     path = Path(path)
     model = model.eval()
@@ -55,6 +57,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
         if has_qdq(proto) and opset_of(proto) < QDQ_MIN_OPSET:
             raise ExportError(f"{path}: the model has fake-quant modules; Q/DQ export needs "
                               f"opset >= {QDQ_MIN_OPSET} (got {opset_of(proto)})")
+        if has_qdq(proto):
+            from compressor.export.qdq_graph import optimize_qdq
+
+            proto = optimize_qdq(proto, runtime=runtime)
         if simplify:
             proto = _simplify(proto)
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
