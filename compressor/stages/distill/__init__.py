@@ -113,7 +113,7 @@ class Distill(Stage):
             if relations is not None:
                 relations.remove()
         ctx.stage_metrics["quality_per_epoch"] = [round(q, 5) for q in history]
-        ctx.stage_metrics["teacher_quality"] = round(task.evaluate(teacher), 5)
+        ctx.stage_metrics["teacher_quality"] = task.evaluate(teacher)
         return ctx
 
     # ------------------------------------------------------------------ teacher

@@ -70,6 +70,8 @@ class PruneParams(LayerSelection, StageParams):
                              f"importance must be l1 or l2, got {self.importance!r}")
         if self.round_to is not None and self.method not in ("channel", "ffn"):
             raise ValueError(f"round_to applies to methods channel and ffn, not {self.method!r}")
+        if self.global_ranking and self.method not in ("channel", "unstructured"):
+            raise ValueError(f"global_ranking applies to methods channel and unstructured, not {self.method!r}")
         for selector, values in self.per_layer.items():
             unknown = set(values) - {"sparsity"}
             if unknown:
