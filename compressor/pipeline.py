@@ -182,8 +182,10 @@ class Pipeline:
         if ctx.target.runtime != "onnxruntime":
             notes.append(f"latency is measured with ONNX Runtime on this CPU; target {ctx.target.name} "
                          "runs TensorRT: build and time the engine there")
-        warnings = list(self.recipe.warnings) + [f"stage {r['stage']}: quality drop exceeds eval.max_drop"
-                                                 for r in rows if r.get("over_budget")]
+        warnings = list(self.recipe.warnings)
+        if rows[-1].get("over_budget"):  # intermediate stages (e.g. prune before distill) may drop
+            warnings.append(f"final quality drop {rows[-1]['quality_drop']:+.4f} exceeds eval.max_drop "
+                            f"({ctx.recipe.eval.max_drop})")
         return Report(run_dir=str(self.run_dir), metric=ctx.task.metric, rows=rows, status=status,
                       error=error, artifacts=dict(ctx.artifacts), warnings=warnings, notes=notes)
 

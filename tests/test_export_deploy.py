@@ -137,4 +137,4 @@ def test_qdq_model_for_tensorrt_is_checked(tmp_path: Path) -> None:
     res = export_model(bad, task, TARGETS["jetson-orin"], tmp_path / "bad", params)
     assert any("breaks TensorRT's Q/DQ rules" in f and "[signed-int8]" in f for f in res.failures)
     res = export_model(bad, task, TARGETS["cpu-x86"], tmp_path / "cpu", params)
-    assert res.failures == [] and any("would not build in TensorRT" in n for n in res.notes)
+    assert res.failures == []  # ONNX Runtime targets are not held to TensorRT's rules
