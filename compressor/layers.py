@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -64,3 +64,30 @@ def layer_value(name: str, module: nn.Module, field: str, default: Any,
         if field in values and selector != name and matches(name, module, selector):
             value = values[field]
     return value
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """Replace, in place, every module that defines ``to_dense()`` (a layer storing its weights
+    compactly, e.g. a codebook layer) by the plain layer it computes, with the same weights."""
+    for name, module in list(model.named_modules()):
+        if name and hasattr(module, "to_dense"):
+            model.set_submodule(name, module.to_dense())
+    return model
+
+
+def check_per_layer(params: BaseModel, fields: Iterable[str]) -> None:
+    """Validate ``params.per_layer``: only ``fields`` may be overridden, each value checked
+    against that field's own type and bounds. Raises ``ValueError`` naming selector and field."""
+    allowed = set(fields)
+    model_fields = type(params).model_fields
+    for selector, values in getattr(params, "per_layer").items():
+        for name, value in values.items():
+            if name not in allowed:
+                raise ValueError(f"per_layer[{selector!r}]: unknown field {name!r}; "
+                                 f"per-layer fields: {', '.join(sorted(allowed))}")
+            info = model_fields[name]
+            kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+            try:
+                TypeAdapter(kind).validate_python(value)
+            except ValidationError as exc:
+                raise ValueError(f"per_layer[{selector!r}].{name}: {exc.errors()[0]['msg']}") from None

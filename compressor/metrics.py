@@ -1,6 +1,7 @@
 """Model measurements reported after every stage: parameters, MACs, storage and latency."""
 from __future__ import annotations
 
+import copy
 import tempfile
 import warnings
 from pathlib import Path
@@ -8,6 +9,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from compressor.layers import materialize
 
 
 def count_params(model: nn.Module) -> int:
@@ -19,9 +22,15 @@ def count_nonzero(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> int | None:
-    """Multiply-accumulates of one forward pass (torch-pruning's counter); None if it can't trace."""
+    """Multiply-accumulates of one forward pass (torch-pruning's counter); None if it can't trace.
+
+    The counter hooks standard layers only, so modules that store weights compactly and define
+    ``to_dense()`` (codebook layers) are counted as the plain layer they compute.
+    """
     import torch_pruning as tp
 
+    if any(hasattr(m, "to_dense") for m in model.modules()):
+        model = materialize(copy.deepcopy(model))
     _count_subclasses_like_bases(model)
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from compressor.recipe.schema import ReportSpec
     from compressor.stages.export import ExportParams, Tolerance
 
-FILES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "tensorrt": "model.engine"}
+FILES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-codebook": "model.codebook.onnx",
+         "tensorrt": "model.engine"}
 
 
 @dataclass
@@ -89,7 +90,16 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
         keep = params.fp16_keep_float if params.fp16_keep_float is not None else KEEP_FLOAT
         onnx_files["onnx-fp16"] = convert_file(onnx_path, deploy_dir / FILES["onnx-fp16"], keep_float=keep,
                                                external_data_mb=params.external_data_mb)
-    precision = {fmt: read_metadata(path)["precision"] for fmt, path in onnx_files.items()}
+    if "onnx-codebook" in params.formats:
+        from compressor.export.codebook_onnx import export_codebook_onnx
+
+        compact = export_codebook_onnx(model, task.example_inputs(2), deploy_dir / FILES["onnx-codebook"],
+                                       input_names=task.input_names, output_names=task.output_names,
+                                       dynamic_axes=axes, opset=params.opset or target.opset,
+                                       exporter=params.exporter)
+        onnx_files["onnx-codebook"] = compact.path
+        res.metrics.update(onnx_codebook_bytes=compact.compact_bytes, onnx_dense_bytes=compact.dense_bytes)
+    precision = {fmt: read_metadata(path).get("precision", "fp32") for fmt, path in onnx_files.items()}
     if qdq:
         _check_qdq(onnx_path, target, res)
 
@@ -137,8 +147,8 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
         res.artifacts["tensorrt_build"] = str(deploy_dir / trt_entry["build_script"])
     res.artifacts["manifest"] = str(manifest)
     # ``parity`` is the main ONNX model's (the report's column); every format's is in ``parity_by_format``.
-    res.metrics = {"parity": parity["onnx"].as_dict(),
-                   "parity_by_format": {f: p.as_dict() for f, p in parity.items()}}
+    res.metrics.update({"parity": parity["onnx"].as_dict(),
+                   "parity_by_format": {f: p.as_dict() for f, p in parity.items()}})
     if latency:
         main = next(f for f in ("onnx", "onnx-fp16") if f in latency)
         res.metrics.update(latency_ms=latency[main]["p50_ms"], latency_p90_ms=latency[main]["p90_ms"],

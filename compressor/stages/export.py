@@ -15,7 +15,7 @@ from compressor.context import Context
 from compressor.errors import ExportError
 from compressor.stages.base import Stage, StageParams, register_stage
 
-Format = Literal["onnx", "onnx-fp16", "tensorrt"]
+Format = Literal["onnx", "onnx-fp16", "onnx-codebook", "tensorrt"]
 
 
 class Tolerance(BaseModel):
@@ -54,7 +54,8 @@ class TensorRTParams(BaseModel):
 class ExportParams(StageParams):
     formats: list[Format] = Field(default_factory=lambda: ["onnx"], min_length=1, description=(
         "onnx: fp32 (Q/DQ int8 when the model carries fake-quant modules); onnx-fp16: fp16 with "
-        "sensitive ops in fp32; tensorrt: an engine (or the trtexec command that builds it)."))
+        "sensitive ops in fp32; onnx-codebook: a compact ONNX storing codebook layers as uint8 indices + "
+        "codebooks (needs a codebook stage); tensorrt: an engine (or the trtexec command that builds it)."))
     opset: int | None = Field(None, ge=13, le=21, description="Default: the target's opset.")
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     simplify: bool = Field(True, description="Simplify (and constant-fold) the graph with onnxslim.")
