@@ -5,7 +5,8 @@
 
 Every variant of a model is timed in the same process, interleaved (export/bench.py), and
 reported as medians and ratios; quality is measured on held-out data against the fp32 model.
-The results replace the block between the BENCH markers in docs/quantization.md.
+Each model's results replace its block between the BENCH markers in docs/quantization.md
+(``<!-- BENCH:digits:BEGIN -->`` ...), so ``--only`` refreshes one model and keeps the others.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from compressor.train import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "quantization.md"
-BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 THREADS = 2
 
 
@@ -81,6 +81,18 @@ def ort_dynamic(src: Path, dst: Path) -> Path:
 
     quantize_dynamic(str(src), str(dst))
     return dst
+
+
+def int8_convs(path: Path) -> str:
+    """How many convs ONNX Runtime runs as QLinearConv after its graph optimizations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    return f"{ops.count('QLinearConv')} / {ops.count('QLinearConv') + ops.count('Conv') + ops.count('FusedConv')}"
 
 
 def latencies(paths: dict[str, Path], inputs: tuple[torch.Tensor, ...], iterations: int) -> dict[str, float]:
@@ -167,17 +179,18 @@ def bench_resnet(tmp: Path, samples: int) -> str:
     cos = {name: cosine(ort_outputs(p, val_inputs), reference) for name, p in paths.items()}
     lat = latencies(paths, task.example_inputs(1), 30)
     rules = {name: check_trt(onnx.load(str(p))) for name, p in paths.items()}
+    fused = {name: int8_convs(p) for name, p in paths.items()}
     base = lat["ORT quantize_static"]
     rows = [[name, f"{cos[name]:.4f}", f"{lat[name]:.1f}", f"{lat[name] / lat['fp32']:.2f}x",
-             f"{lat[name] / base:.2f}x", "n/a (float)" if name == "fp32" else
+             f"{lat[name] / base:.2f}x", fused[name], "n/a (float)" if name == "fp32" else
              ("pass" if not rules[name] else f"fail ({len(rules[name])})")] for name in paths]
     return (f"### ResNet-18 shape (random weights, synthetic 224 px images), batch 1, {samples} calibration images\n\n"
             "Same quantized network, two exports: the ONNX Runtime one adds int32 biases and private "
             "Q/DQ pairs per reader (what ORT needs to fuse every conv), the TensorRT one keeps the rules "
             "(TensorRT quantizes biases itself). The TensorRT placement quantizes only the residual "
             "input of each Add.\n\n"
-            + table(["model", "cosine vs fp32", "p50 ms", "vs fp32", "vs ORT quantize_static", "TensorRT rules"],
-                    rows))
+            + table(["model", "cosine vs fp32", "p50 ms", "vs fp32", "vs ORT quantize_static",
+                     "QLinearConv / convs after ORT optimization", "TensorRT rules"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,21 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
-    start = time.time()
-    parts = []
+    text = DOC.read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
+            start = time.time()
             fn = {"digits": lambda: bench_digits(Path(tmp)),
                   "minilm": lambda: bench_minilm(Path(tmp), args.samples),
                   "resnet": lambda: bench_resnet(Path(tmp), args.samples)}[name]
-            parts.append(fn())
-            print(parts[-1] + "\n", flush=True)
-    command = "python bench/quantization.py" + (f" --only {args.only}" if args.only != "digits,minilm,resnet" else "")
-    block = "\n\n".join([f"Measured with `{command}` ({time.time() - start:.0f} s; {platform.processor() or platform.machine()}, "
-                         f"{THREADS} ORT threads, torch {torch.__version__}; medians of interleaved runs)."] + parts)
+            section = fn()
+            command = f"python bench/quantization.py --only {name} --samples {args.samples}"
+            block = (f"{section}\n\nMeasured with `{command}` ({time.time() - start:.0f} s; "
+                     f"{platform.machine()}, {THREADS} ORT threads, torch {torch.__version__}; "
+                     "medians of interleaved runs).")
+            print(block + "\n", flush=True)
+            begin, end = f"<!-- BENCH:{name}:BEGIN -->", f"<!-- BENCH:{name}:END -->"
+            text = re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _m: f"{begin}\n{block}\n{end}",
+                          text, flags=re.S)
     if not args.no_write:
-        text = DOC.read_text()
-        text = re.sub(f"{re.escape(BEGIN)}.*{re.escape(END)}", lambda _m: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
         DOC.write_text(text)
         print(f"updated {DOC}")
     return 0

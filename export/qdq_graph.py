@@ -17,10 +17,7 @@ passes turn that into the graph ONNX Runtime's own quantizer writes and TensorRT
   Q/DQ pair per reader, each with its own copy of the scale: ONNX Runtime fuses a Conv into
   QLinearConv only when its input pair is private, and merges pairs with the same scale
   initializer. On ResNet-18 this turns 9 of 20 convs into QLinearConv -> all 20
-  (bench/quantization.py measures the latency);
-- ``fold_smoothing`` (ONNX Runtime): SmoothQuant's per-channel multiply in front of a Q becomes
-  that Q's per-channel scale (Q(x * c, s) == Q(x, s / c) on the last axis), one elementwise pass
-  fewer per quantized tensor; the DQ stays per tensor, so the int8 MatMul still fuses.
+  (bench/quantization.py measures the latency).
 """
 from __future__ import annotations
 
@@ -43,7 +40,6 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime") -> onn
         quantize_biases(model)
         requantize_before(model)
         split_shared_qdq(model)
-        fold_smoothing(model)
     _drop_unused_initializers(model)
     return model
 
@@ -223,43 +219,6 @@ def split_shared_qdq(model: onnx.ModelProto) -> int:
             nodes += [q2, dq2]
     _replace_nodes(graph, nodes)
     return added
-
-
-def fold_smoothing(model: onnx.ModelProto) -> int:
-    """Fold ``Mul(x, c)`` (c: a per-channel constant of the last axis) read only by QuantizeLinear
-    nodes with per-tensor scales into those nodes' scales (per axis -1)."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    outputs = {o.name for o in graph.output}
-    removed, keep = 0, []
-    for node in graph.node:
-        const = next((i for i in node.input if i in inits), None) if node.op_type == "Mul" else None
-        readers = consumers[node.output[0]] if const is not None else []
-        factor = numpy_helper.to_array(inits[const]) if const is not None else None
-        if (const is None or factor.ndim != 1 or factor.size < 2 or not np.all(factor)
-                or node.output[0] in outputs or not readers
-                or any(r.op_type != "QuantizeLinear" or numpy_helper.to_array(inits[r.input[1]]).size != 1
-                       for r in readers)):
-            keep.append(node)
-            continue
-        x = next(i for i in node.input if i != const)
-        for q in readers:
-            scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
-            zp = numpy_helper.to_array(inits[q.input[2]])
-            name = f"{q.output[0]}_smoothed"
-            graph.initializer.extend([
-                numpy_helper.from_array((scale / factor).astype(np.float32), name + "_scale"),
-                numpy_helper.from_array(np.zeros(factor.shape, zp.dtype), name + "_zp")])
-            q.input[0], q.input[1], q.input[2] = x, name + "_scale", name + "_zp"
-            del q.attribute[:]
-            q.attribute.append(helper.make_attribute("axis", -1))
-        removed += 1
-    _replace_nodes(graph, keep)
-    return removed
 
 
 # --------------------------------------------------------------------------- helpers
