@@ -9,7 +9,7 @@ import sys
 import warnings
 
 #: Command modules, in the order `--help` lists them; each defines ``register(subparsers)``.
-COMMANDS = ("run", "validate", "schema", "zoo", "targets")
+COMMANDS = ("run", "search", "validate", "schema", "zoo", "targets")
 
 DESCRIPTION = """\
 Compress PyTorch models for edge targets and export them.
@@ -24,6 +24,7 @@ examples:
   compressor run recipes/quickstart.yaml            # compress + export the demo model
   compressor run recipe.yaml --set prune.sparsity=0.3 --out runs/try1
   compressor run --resume runs/try1                 # continue after an interruption
+  compressor search recipes/search_digits.yaml      # per-layer settings under a latency budget
   compressor validate recipe.yaml                   # check a recipe without running it
   compressor schema > recipe.schema.json            # JSON Schema for editor completion
 

@@ -8,7 +8,7 @@ import random
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from compressor.stages import STAGES
 from compressor.task import Task
 
 RUN_STATE = "run.json"
+#: Called after each stage with (stage index, spec, metrics row, context); may raise to stop the run.
+StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -59,10 +61,15 @@ def seed_everything(seed: int) -> None:
 class Pipeline:
     """Executes a recipe into a run directory (see docs/run-directory.md for its layout)."""
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False) -> None:
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
+                 on_stage: StageHook | None = None, light: bool = False) -> None:
+        """``light`` skips what only a person reads (MACs, the plot): for callers that run
+        many pipelines, such as search trials."""
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(recipe)
         self.overwrite = overwrite
+        self.on_stage = on_stage
+        self.light = light
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> "Pipeline":
@@ -92,7 +99,8 @@ class Pipeline:
         ctx = Context(model=model, task=task, recipe=recipe, target=target, run_dir=self.run_dir,
                       original=original)
         if state.get("baseline") is None:
-            state["baseline"] = self._measure(ctx, "input", "input", 0.0, latency=True)
+            state["baseline"] = self._measure(ctx, "input", "input", 0.0,
+                                              latency=recipe.report.latency != "off")
             self._save_state(state)
         baseline = state["baseline"]
 
@@ -149,9 +157,11 @@ class Pipeline:
             entry["artifacts"] = dict(ctx.artifacts)
             state["stages"] = [s for s in state["stages"] if s["name"] != spec.name] + [entry]
             self._save_state(state)
+            if self.on_stage is not None:
+                self.on_stage(index, spec, entry["metrics"], ctx)
 
         report = self._report(state, baseline, ctx)
-        report.write()
+        report.write(plot=not self.light)
         return report
 
     # ------------------------------------------------------------------ helpers
@@ -163,7 +173,8 @@ class Pipeline:
             "stage": name, "kind": kind, "quality": quality,
             "quality_drop": (quality - baseline["quality"]) if baseline else 0.0,
             "params": count_params(model), "nonzero_params": count_nonzero(model),
-            "macs": count_macs(model, task.example_inputs(1)), "size_bytes": storage_bytes(model),
+            "macs": None if self.light else count_macs(model, task.example_inputs(1)),
+            "size_bytes": storage_bytes(model),
             "seconds": seconds,
         }
         if latency and ctx.target.runtime == "onnxruntime":
