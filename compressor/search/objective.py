@@ -26,6 +26,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.recipe import Recipe, load_recipe
 from compressor.search.space import CheapSpec, Scalar, SearchSpec, Variable, apply, sample
+from compressor.stages import STAGES  # before compressor.train, which needs the stages package loaded
 from compressor.train import TrainParams
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ def for_trial(recipe: Recipe, *, train: bool = True) -> Recipe:
     ``train=False`` gives the architecture phase: every training inside the stages is set to
     zero epochs and quality is evaluated on one batch (it is not used).
     """
-    from compressor.stages import STAGES
-
     out = load_recipe(recipe.to_dict())
     out.stages = [s for s in out.stages if STAGES[s.kind].changes_model]
     out.report.latency = "off"

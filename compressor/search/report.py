@@ -42,13 +42,10 @@ def summarize(study: optuna.Study, search: "Search") -> SearchSummary:
     spec = search.spec
     rows = [_row(t) for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs]
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"]]
-    x_key = "latency_ratio" if any(r.get("latency_ratio") is not None for r in done) else "size_ratio"
+    x_key = "latency_ratio" if any(r["latency_ratio"] is not None for r in rows) else "size_ratio"
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] and r[x_key] is not None]
     front = pareto_front(done, x_key)
-    if spec.multi_objective or spec.budget is None:
-        candidates = [r for r in done if r["number"] in front]
-    else:
-        candidates = done
+    candidates = front if spec.multi_objective or spec.budget is None else done
     best = max(candidates, key=lambda r: (r["quality"], -(r.get(x_key) or 0)), default=None)
     errors = [abs(r["latency_predicted"] / r["latency_ratio"] - 1) * 100 for r in rows
               if r.get("latency_predicted") is not None and r.get("latency_ratio") is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,10 +57,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
-    except (ImportError, ModuleNotFoundError) as exc:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
+    except ImportError as exc:
         raise CompressorError(f"--storage {url}: the database driver is missing ({exc}); "
                               "install it, e.g. `pip install psycopg2-binary` for PostgreSQL") from None
     except Exception as exc:  # sqlalchemy raises many kinds for bad URLs and unreachable servers
@@ -168,9 +171,11 @@ class Search:
             return optuna.samplers.RandomSampler(seed=seed)
         # multivariate + group: models the per-layer variables jointly, conditional ones apart;
         # constant_liar: parallel workers don't all sample next to the same running trial.
-        return optuna.samplers.TPESampler(n_startup_trials=self.spec.startup_trials, seed=seed,
-                                          multivariate=True, group=True, constant_liar=True,
-                                          warn_independent_sampling=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=self.spec.startup_trials, seed=seed,
+                                              multivariate=True, group=True, constant_liar=True,
+                                              warn_independent_sampling=False)
 
     def _pruner(self) -> optuna.pruners.BasePruner:
         if self.spec.multi_objective or self.spec.pruner == "none":
@@ -254,7 +259,9 @@ def recover_stale(study: optuna.Study) -> list[int]:
         except (ValueError, RuntimeError):  # another worker recovered it first
             continue
         frozen = next(t for t in study.get_trials() if t.number == trial.number)
-        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, frozen)
         recovered.append(trial.number)
     return recovered
 
