@@ -50,8 +50,8 @@ def read_checkpoint(path: Path, *, unsafe_pickle: bool = False) -> dict[str, tor
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
     except pickle.UnpicklingError as exc:
-        if unsafe_pickle:
-            raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        if unsafe_pickle or "Unsupported global" not in str(exc):
+            raise ModelLoadError(f"{path}: corrupt or not a PyTorch checkpoint") from None
         raise ModelLoadError(
             f"{path}: refused to unpickle objects other than tensors (torch.load weights_only=True). "
             "Save a state_dict instead, or, only if you trust this file, set "

@@ -1,0 +1,30 @@
+"""Shared fixtures: an isolated zoo cache per session and small recipes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_env() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture()
+def digits_recipe() -> dict:
+    """A quick digits_cnn recipe (one short fine-tune, then export)."""
+    return {
+        "name": "test",
+        "model": {"zoo": "digits_cnn"},
+        "data": {"batch_size": 128},
+        "report": {"latency": "final", "iterations": 5, "warmup": 1},
+        "stages": [
+            {"finetune": {"epochs": 1, "lr": 1e-4, "max_steps_per_epoch": 4}},
+            {"export": {"simplify": False}},
+        ],
+    }
