@@ -57,11 +57,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
+                heartbeat_stale_trial_callback=_retry())
     except ImportError as exc:
         raise CompressorError(f"--storage {url}: the database driver is missing ({exc}); "
                               "install it, e.g. `pip install psycopg2-binary` for PostgreSQL") from None
@@ -174,8 +174,7 @@ class Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(n_startup_trials=self.spec.startup_trials, seed=seed,
-                                              multivariate=True, group=True, constant_liar=True,
-                                              warn_independent_sampling=False)
+                                              multivariate=True, group=True, constant_liar=True)
 
     def _pruner(self) -> optuna.pruners.BasePruner:
         if self.spec.multi_objective or self.spec.pruner == "none":
@@ -259,11 +258,16 @@ def recover_stale(study: optuna.Study) -> list[int]:
         except (ValueError, RuntimeError):  # another worker recovered it first
             continue
         frozen = next(t for t in study.get_trials() if t.number == trial.number)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+        _retry()(study, frozen)
         recovered.append(trial.number)
     return recovered
+
+
+def _retry() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Re-queues a stale trial with the same parameters (Optuna marks it experimental)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def _alive(pid: int) -> bool:
