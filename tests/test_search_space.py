@@ -70,6 +70,12 @@ def test_recipe_errors_name_the_line_and_what_is_wrong():
     assert any(":13: " in e and "has no field 'nope'" in e and "repeat" in e for e in errors)
 
 
+def test_per_layer_fields_are_checked_by_the_stage_itself():
+    [error] = errors_of("    ensemble.copies: {per_layer: [1, 3]}\n")
+    assert ":10: search.space.ensemble.copies.per_layer: " in error
+    assert "only 'repeat' and 'noise' can be set per layer" in error
+
+
 def test_schema_errors_are_located_and_suggest_keys():
     [error] = errors_of("    ensemble.repeat: {per_layr: [1, 3]}\n")
     assert ":10: search.space.ensemble.repeat.per_layr: unknown key 'per_layr' (did you mean 'per_layer'?)" in error

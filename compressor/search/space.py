@@ -272,8 +272,10 @@ class FieldRef:
     stage: str
     index: int
     path: tuple[str, ...]
-    #: Path to the (nested) params object that holds ``per_layer`` (per-layer keys only).
-    container: tuple[str, ...] = ()
+    #: Path to the (nested) params object that holds ``per_layer``; None for stage-wide values.
+    container: tuple[str, ...] | None = None
+    #: Whether ``path`` is also a stage-wide field (else it exists only inside ``per_layer``).
+    stage_field: bool = True
 
     @property
     def is_switch(self) -> bool:
@@ -282,11 +284,15 @@ class FieldRef:
     @property
     def layer_field(self) -> str:
         """The name written inside ``per_layer[LAYER]``."""
-        return ".".join(self.path[len(self.container):])
+        return ".".join(self.path[len(self.container or ()):])
 
 
 def field_ref(key: str, entry: ParamSpace, stages: list["StageSpec"]) -> FieldRef:
-    """Resolve ``STAGE.FIELD`` against the recipe's stages; ``ValueError`` says what is wrong."""
+    """Resolve ``STAGE.FIELD`` against the recipe's stages; ``ValueError`` says what is wrong.
+
+    A per-layer key may also name a field that exists only inside ``per_layer`` (e.g. quantize's
+    per-layer ``bits`` for its stage-wide ``weights.bits``): the stage validates those itself.
+    """
     stage, *path = key.split(".")
     names = [s.name for s in stages]
     if stage not in names:
@@ -296,8 +302,12 @@ def field_ref(key: str, entry: ParamSpace, stages: list["StageSpec"]) -> FieldRe
         return FieldRef(key, stage, index, (ENABLED,))
     cls: Any = type(stages[index].params)
     containers = [()] if "per_layer" in cls.model_fields else []
+    stage_field = True
     for depth, part in enumerate(path):
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            if entry.form != "value" and containers:
+                stage_field = False
+                break
             known = ", ".join(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else ""
             raise ValueError(f"stage {stage!r} ({stages[index].kind}) has no field "
                              f"{'.'.join(path[:depth + 1])!r}" + (f"; fields: {known}" if known else ""))
@@ -310,7 +320,7 @@ def field_ref(key: str, entry: ParamSpace, stages: list["StageSpec"]) -> FieldRe
     if not containers:
         raise ValueError(f"stage {stage!r} ({stages[index].kind}) has no per_layer overrides, so "
                          f"{'.'.join(path)!r} can only be searched as 'value'")
-    return FieldRef(key, stage, index, tuple(path), containers[-1])
+    return FieldRef(key, stage, index, tuple(path), containers[-1], stage_field)
 
 
 def check_space(spec: SearchSpec, stages: list["StageSpec"]) -> list[tuple[tuple[Any, ...], str]]:
@@ -347,18 +357,27 @@ def check_space(spec: SearchSpec, stages: list["StageSpec"]) -> list[tuple[tuple
 
 
 def _field_accepts(stage: "StageSpec", ref: FieldRef, value: Any) -> str | None:
-    """None when ``value`` validates as the field ``ref.path`` of the stage's params."""
-    data = stage.params.model_dump()
-    target = data
-    for part in ref.path[:-1]:
-        if not isinstance(target.get(part), dict):
-            target[part] = {}
-        target = target[part]
-    target[ref.path[-1]] = value
-    try:
-        type(stage.params).model_validate(data)
-    except ValidationError as exc:
-        return "; ".join(e["msg"] for e in exc.errors(include_url=False))
+    """None when the stage's params validate with ``value`` written where ``ref`` points.
+
+    Per-layer values are checked both as the stage-wide field (its type and range) and as a
+    ``per_layer`` entry (the stage's own per-layer rules)."""
+    attempts = []
+    if ref.stage_field:
+        attempts.append((ref.path, value))
+    if ref.container is not None:
+        attempts.append((ref.container + ("per_layer",), {"*": {ref.layer_field: value}}))
+    for path, written in attempts:
+        data = stage.params.model_dump()
+        target = data
+        for part in path[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[path[-1]] = written
+        try:
+            type(stage.params).model_validate(data)
+        except ValidationError as exc:
+            return "; ".join(e["msg"] for e in exc.errors(include_url=False))
     return None
 
 
@@ -423,30 +442,41 @@ def resolve(spec: SearchSpec, recipe: "Recipe", model: "nn.Module") -> list[Vari
 
 def _layer_sets(key: str, entry: ParamSpace, ref: FieldRef, recipe: "Recipe",
                 model: "nn.Module") -> list[tuple[str | None, tuple[str, ...]]]:
+    """(label, exact layer names) of each variable of ``key``.
+
+    Layers are those the stage selects (its layers/ignore) among Conv/Linear modules; selectors
+    under ``layers`` or ``groups`` that match none of those match any module instead (e.g.
+    attention blocks for head pruning).
+    """
     from compressor.errors import CompressorError
     from compressor.layers import LayerSelection, matches, select_layers
 
     if entry.form == "value":
         return [(None, ())]
     container: Any = recipe.stages[ref.index].params
-    for part in ref.container:
+    for part in ref.container or ():
         container = getattr(container, part)
     selection = LayerSelection(layers=getattr(container, "layers", ["*"]),
                                ignore=getattr(container, "ignore", []))
-    selected = select_layers(model, selection)
+    typed = select_layers(model, selection)
+
+    def named(selectors: list[str]) -> tuple[str, ...]:
+        found = tuple(n for n, m in typed.items() if any(matches(n, m, s) for s in selectors))
+        return found or tuple(n for n, m in model.named_modules()
+                              if n and any(matches(n, m, s) for s in selectors)
+                              and not any(matches(n, m, s) for s in selection.ignore))
+
     if entry.form == "per_layer":
-        names = [n for n, m in selected.items()
-                 if entry.layers is None or any(matches(n, m, s) for s in entry.layers)]
+        names = tuple(typed) if entry.layers is None else named(entry.layers)
         if not names:
             raise CompressorError(f"search.space.{key}: no layer of the model matches the stage's "
                                   f"selection{' and ' + str(entry.layers) if entry.layers else ''}")
         return [(n, (n,)) for n in names]
     sets = []
     for group, selectors in (entry.groups or {}).items():
-        names = tuple(n for n, m in selected.items() if any(matches(n, m, s) for s in selectors))
+        names = named(selectors)
         if not names:
-            raise CompressorError(f"search.space.{key}.groups.{group}: no selected layer matches "
-                                  f"{selectors}")
+            raise CompressorError(f"search.space.{key}.groups.{group}: no layer matches {selectors}")
         sets.append((group, names))
     return sets
 
@@ -470,11 +500,11 @@ def current_value(var: Variable, recipe: "Recipe", model: "nn.Module") -> Any:
         for part in var.ref.path:
             params = getattr(params, part)
         return params
-    for part in var.ref.container:
+    for part in var.ref.container or ():
         params = getattr(params, part)
-    default = params
-    for part in var.ref.path[len(var.ref.container):]:
-        default = getattr(default, part)
+    default: Any = params
+    for part in var.ref.path[len(var.ref.container or ()):]:
+        default = getattr(default, part, MISSING)
     found = [layer_value(n, model.get_submodule(n), var.ref.layer_field, default, params.per_layer)
              for n in var.layers]
     return found[0] if all(v == found[0] for v in found) else MISSING
@@ -523,7 +553,7 @@ def apply(recipe: "Recipe", variables: list[Variable], values: dict[str, Scalar]
             target = _dig(params[ref.index], ref.path[:-1])
             target[ref.path[-1]] = value
             continue
-        per_layer = _dig(params[ref.index], ref.container).setdefault("per_layer", {})
+        per_layer = _dig(params[ref.index], ref.container or ()).setdefault("per_layer", {})
         for layer in var.layers:
             per_layer.setdefault(layer, {})[ref.layer_field] = value
     data["stages"] = [s for i, s in enumerate(data["stages"]) if i not in dropped]
