@@ -133,9 +133,9 @@ def test_warm_start_list_must_use_space_keys():
     assert "search.warm_start[0].ensemble.repeats" in error
 
 
-def test_latency_table_adds_deltas_and_interpolates():
-    table = LatencyTable(1.0, {"a": [(0.0, 0.0), (0.5, -0.2), (1.0, -0.3)], "b": [(4, -0.1), (32, 0.0)]})
-    assert table.predict({"a": 0.5, "b": 4}) == pytest.approx(0.7)
-    assert table.predict({"a": 0.75}) == pytest.approx(0.75)
-    assert table.predict({"unknown": 3}) == pytest.approx(1.0)
-    assert LatencyTable.from_dict(table.as_dict()).predict({"a": 1.0, "b": 4}) == pytest.approx(0.6)
+def test_latency_table_multiplies_factors_and_interpolates():
+    table = LatencyTable(0.9, {"a": [(0.0, 1.0), (0.5, 0.6), (1.0, 0.2)], "b": [(4, 0.5), (32, 1.0)]})
+    assert table.predict({"a": 0.5, "b": 4}) == pytest.approx(0.9 * 0.6 * 0.5)
+    assert table.predict({"a": 0.75}) == pytest.approx(0.9 * 0.4)
+    assert table.predict({"unknown": 3}) == pytest.approx(0.9)
+    assert LatencyTable.from_dict(table.as_dict()).predict({"a": 1.0, "b": 4}) == pytest.approx(0.09)

@@ -1,15 +1,19 @@
-"""A per-layer latency table: a cheap, additive predictor of a configuration's latency.
+"""A per-layer latency table: a cheap predictor of a configuration's latency.
 
 Each entry is measured on the target: the recipe as written, with one variable (one layer's
 sparsity, one group's bits, ...) set to one value of its grid, built without training and timed
-in ONNX Runtime interleaved with the input model. A configuration's predicted latency ratio is
-the base ratio plus the sum of its variables' deltas (linear between grid points). The additive
-model ignores interactions (pruning two adjacent layers shrinks the layer between them twice),
-so the search reports the table's error against every trial it measures.
+in ONNX Runtime interleaved with the input model. An entry is the factor by which that one
+change scales the latency; a configuration's prediction is the base latency times the product
+of its variables' factors (linear between grid points). Factors, not differences: pruning the
+output channels of one layer and the input channels of the next shrinks the conv between them
+twice, which multiplies; added differences would even go negative. What the product still
+misses (kernel choices, cache effects) shows as the table's error, which the search reports
+against every trial it measures.
 """
 from __future__ import annotations
 
 import bisect
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,28 +35,28 @@ if TYPE_CHECKING:
 class LatencyTable:
     #: Latency ratio (to the input model) of the recipe as written.
     base: float
-    #: Variable name -> [(value, ratio delta against the base)], numeric values sorted.
+    #: Variable name -> [(value, latency factor against the base)].
     entries: dict[str, list[tuple[Scalar, float]]] = field(default_factory=dict)
 
     def predict(self, values: dict[str, Scalar]) -> float:
-        """Predicted latency ratio of a configuration (variables absent from it add nothing)."""
-        return self.base + sum(self.delta(name, value) for name, value in values.items())
+        """Predicted latency ratio of a configuration (variables absent from it change nothing)."""
+        return self.base * math.prod(self.factor(name, value) for name, value in values.items())
 
-    def delta(self, name: str, value: Scalar) -> float:
+    def factor(self, name: str, value: Scalar) -> float:
         points = self.entries.get(name, [])
-        for x, d in points:
+        for x, f in points:
             if x == value:
-                return d
-        numeric = sorted((x, d) for x, d in points
+                return f
+        numeric = sorted((x, f) for x, f in points
                          if isinstance(x, (int, float)) and not isinstance(x, bool))
         if not numeric or not isinstance(value, (int, float)):
-            return 0.0
+            return 1.0
         xs = [x for x, _ in numeric]
-        i = min(max(bisect.bisect_left(xs, value), 1), len(xs) - 1)
         if len(xs) == 1:
             return numeric[0][1]
-        (x0, d0), (x1, d1) = numeric[i - 1], numeric[i]
-        return d0 + (d1 - d0) * (value - x0) / (x1 - x0)
+        i = min(max(bisect.bisect_left(xs, value), 1), len(xs) - 1)
+        (x0, f0), (x1, f1) = numeric[i - 1], numeric[i]
+        return f0 + (f1 - f0) * (value - x0) / (x1 - x0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"base": self.base, "entries": {k: [list(p) for p in v] for k, v in self.entries.items()}}
@@ -68,7 +72,7 @@ def measure_table(recipe: "Recipe", variables: list[Variable], model: "nn.Module
     """Build and time every one-variable variant of ``recipe`` (see the module docstring).
 
     ``model`` is the input model (for layer names); a value the recipe already gives a variable
-    needs no run (its delta is 0).
+    needs no run (its factor is 1).
     """
     settings = LatencySettings.of(recipe)
     variants: dict[str, dict[str, Scalar]] = {"base": {}}
@@ -99,6 +103,6 @@ def measure_table(recipe: "Recipe", variables: list[Variable], model: "nn.Module
     base = ratios[graphs["base"]]
     table = LatencyTable(base)
     for i, var in enumerate(variables):
-        table.entries[var.name] = [(value, ratios[graphs.get(f"v{i}_{j}", graphs["base"])] - base)
+        table.entries[var.name] = [(value, ratios[graphs.get(f"v{i}_{j}", graphs["base"])] / base)
                                    for j, value in enumerate(var.domain.grid(points))]
     return table

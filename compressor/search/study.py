@@ -153,6 +153,7 @@ class Search:
                 study.enqueue_trial(config, user_attrs={"warm_start": i}, skip_if_exists=True)
             study.set_user_attr("warm_start", True)
         self.study, self.variables, self.baseline, self.table = study, variables, baseline, table
+        self.task, self.reference = task, reference
         self._objective = Objective(study, self.recipe, self.spec, variables, baseline, self.run_dir,
                                     reference, task, table)
         return study
