@@ -66,6 +66,23 @@ def reproduce(outcome: Outcome, out: Path) -> dict[str, Any]:
             "trial_quality": trial["quality"], "trial_latency_ratio": trial["latency_ratio"]}
 
 
+def batch_stability(outcome: Outcome, batches: tuple[int, ...] = (1, 16, 128), repeats: int = 2) -> str:
+    """Speed-up of the best model over the input model at several batches, each timed twice:
+    why the recipe's latency batch is where it is."""
+    from dataclasses import replace
+
+    search, best = outcome.search, outcome.summary.row(outcome.summary.best)
+    settings = LatencySettings.of(search.recipe)
+    lines = ["| batch | " + " | ".join(f"speed-up, run {i + 1}" for i in range(repeats)) + " |",
+             "|---|" + "---|" * repeats]
+    for batch in batches:
+        runs = [relative_latency({"best": Path(best["dir"]) / "model.onnx"}, search.reference,
+                                 search.task.example_inputs(batch), replace(settings, batch=batch))["best"][0]
+                for _ in range(repeats)]
+        lines.append(f"| {batch} | " + " | ".join(f"{1 / r:.2f}x" for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def nearest(rows: list[dict[str, Any]], latency: float) -> dict[str, Any] | None:
     done = [r for r in rows if r["quality"] is not None and r["latency_ratio"] is not None]
     return min(done, key=lambda r: abs(r["latency_ratio"] - latency), default=None)

@@ -16,8 +16,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_common import (ROOT, best_within, copy_plot, environment, nearest, reproduce,  # noqa: E402
-                           run_search, side_by_side, uniform_sweep)
+from search_common import (ROOT, batch_stability, best_within, copy_plot, environment,  # noqa: E402
+                           nearest, reproduce, run_search, side_by_side, uniform_sweep)
 
 from compressor.recipe import load_recipe  # noqa: E402
 from compressor.io import write_text  # noqa: E402
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                   "| | quality | latency (x fp32) |", "|---|---|---|",
                   f"| trial | {again['trial_quality']:.4f} | {again['trial_latency_ratio']:.3f} |",
                   f"| compressor run | {again['quality']:.4f} | {again['latency_ratio']:.3f} |", ""]
+    if best:
+        lines += ["Speed-up of the best model over fp32 by batch (why the recipe times batch "
+                  f"{recipe.report.latency_batch}):", "", batch_stability(found), ""]
     if found.summary.predictor:
         p = found.summary.predictor
         lines += [f"The per-layer latency table predicted the measured trials with a median error of "

@@ -66,6 +66,7 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     for key in ("quality", "latency_ratio", "latency_ms", "latency_predicted", "size_ratio", "size_bytes"):
         row[key] = a.get(key)
     row["params"] = dict(t.params)
+    row["dir"] = a.get("dir")
     return row
 
 
