@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_common import (ROOT, batch_stability, best_within, copy_plot, environment,  # noqa: E402
                            nearest, reproduce, run_search, side_by_side, uniform_sweep)
 
-from compressor.recipe import load_recipe  # noqa: E402
 from compressor.io import write_text  # noqa: E402
+from compressor.recipe import load_recipe  # noqa: E402
+from compressor.search.objective import counted  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "search_digits.yaml"
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             ("best uniform within the budget: uniform", best_within(uniform.summary.trials, budget))]
     if best:
         rows.append(("uniform of nearest latency: uniform", nearest(uniform.summary.trials, best["latency_ratio"])))
-    trials = len(found.summary.trials)
+    trials = len(counted(found.search.study.get_trials(deepcopy=False)))
     command = "python bench/search_digits.py" + (f" --trials {args.trials}" if args.trials else "") + (
         f" --threads {args.threads}" if args.threads else "")
     lines = [
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {date.today().isoformat()} on this machine ({environment()}) with `{command}`; "
         f"recipe `recipes/search_digits.yaml`. Latency is ONNX Runtime p50 at batch "
         f"{recipe.report.latency_batch}, as a ratio to the fp32 input model timed in turns with it.", "",
-        f"- budget: latency <= {budget}x fp32; {trials} finished trials in {found.seconds / 60:.1f} min "
-        f"(set-up and latency table included)",
+        f"- budget: latency <= {budget}x fp32; {trials} trials in {found.seconds / 60:.1f} min "
+        f"(set-up and latency table included), {len(found.summary.trials)} of them distinct configurations",
         f"- uniform sweep: {len(uniform.summary.trials)} configurations in {uniform.seconds / 60:.1f} min", "",
         side_by_side(rows), ""]
     if again:

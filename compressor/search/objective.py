@@ -288,16 +288,20 @@ class Objective:
             self._record(trial, measured)
             raise optuna.TrialPruned("breaks the budget before training")
 
+        trial_recipe = for_trial(config)
+        # Optuna cannot prune multi-objective trials, and after the last stage there is nothing
+        # left to save: the quality after each earlier stage goes to the pruner.
+        last = len(trial_recipe.stages) - 1
         report_quality = self.spec.objectives == ["quality"] and self.spec.pruner != "none"
 
         def on_stage(index: int, spec: Any, row: dict[str, Any], ctx: Any) -> None:
-            if report_quality:
+            if report_quality and index < last:
                 trial.report(row["quality"], step=index)
                 if trial.should_prune():
                     self._record(trial, measured)
                     raise optuna.TrialPruned(f"quality {row['quality']:.4f} after {spec.name}")
 
-        model, rows = run_recipe(for_trial(config), trial_dir / "run", on_stage)
+        model, rows = run_recipe(trial_recipe, trial_dir / "run", on_stage)
         measured.size_bytes = int(rows[-1]["size_bytes"])
         self._latency(model, trial_dir / "model.onnx", measured)
         quality = float(rows[-1]["quality"])

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,7 +114,7 @@ class Search:
         fresh = self.study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
         seed = self.spec.seed if self.spec.seed is not None else self.recipe.seed
         if not fresh:  # a joining or resumed worker must not replay the first worker's samples
-            seed += sum(worker_id().encode()) * 7919
+            seed += zlib.crc32(worker_id().encode())
         study = optuna.create_study(storage=storage, study_name=self.study_name,
                                     directions=[_DIRECTIONS[o] for o in self.spec.objectives],
                                     sampler=self._sampler(seed), pruner=self._pruner(),
@@ -207,8 +208,12 @@ class Search:
         if "quality" in a:
             parts.append(f"quality {a['quality']:.4f}")
         if trial.state == TrialState.PRUNED:
-            parts.append("pruned" + (" (over budget)" if any(v > 0 for v in trial.constraints.values())
-                                     else " (low quality)"))
+            if any(v > 0 for v in trial.constraints.values()):
+                parts.append("stopped: over budget")
+            else:
+                step = trial.last_step
+                parts.append(f"stopped: quality {trial.intermediate_values[step]:.4f} after stage "
+                             f"{step + 1}, below the median" if step is not None else "stopped")
         elif trial.state == TrialState.FAIL:
             parts.append(f"failed: {a.get('error', 'see the log')}")
         elif any(v > 0 for v in trial.constraints.values()):
