@@ -182,19 +182,21 @@ def relative_latency(paths: dict[str, Path], reference: Path, inputs: tuple[torc
 
 
 class LatencyCache:
-    """Measured latency ratios by graph key, kept in the study so every worker shares them."""
+    """Measured latency ratios by graph key, kept in one study attribute that every worker reads.
 
-    PREFIX = "latency:"
+    Two workers writing at once can drop one entry; that only costs a measurement later.
+    """
+
+    KEY = "latency_cache"
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
 
     def get(self, key: str) -> float | None:
-        value = self.study.user_attrs.get(self.PREFIX + key)
-        return None if value is None else float(value)
+        return self.study.user_attrs.get(self.KEY, {}).get(key)
 
     def put(self, key: str, ratio: float) -> None:
-        self.study.set_user_attr(self.PREFIX + key, ratio)
+        self.study.set_user_attr(self.KEY, {**self.study.user_attrs.get(self.KEY, {}), key: ratio})
 
 
 # --------------------------------------------------------------------------- the objective

@@ -56,6 +56,12 @@ class Domain(_Strict):
     log: bool = False
     choices: list[Scalar] | None = None
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """Editors should accept the short ``[low, high, step]`` form too."""
+        return {"anyOf": [{"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 3},
+                          handler(core_schema)]}
+
     @model_validator(mode="before")
     @classmethod
     def _from_list(cls, data: Any) -> Any:
