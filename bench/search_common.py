@@ -6,6 +6,7 @@ Every latency here is a ratio to the input model timed in turns with it in one p
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import shutil
@@ -24,6 +25,14 @@ from compressor.search.study import Search
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")  # `compressor run` of the best recipe: no progress bars
+
+
+def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=None, help="default: the recipe's search.trials")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
+    return parser.parse_args(argv)
 
 
 @dataclass

@@ -10,13 +10,12 @@ then writes docs/search_digits.md and docs/search_digits_pareto.png.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_common import (ROOT, batch_stability, best_within, copy_plot, environment,  # noqa: E402
+from search_common import (ROOT, parse_args, batch_stability, best_within, copy_plot, environment,  # noqa: E402
                            nearest, reproduce, run_search, side_by_side, uniform_sweep)
 
 from compressor.io import write_text  # noqa: E402
@@ -27,11 +26,7 @@ RECIPE = ROOT / "recipes" / "search_digits.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=None, help="default: the recipe's search.trials")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-search-digits")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, "bench-search-digits", argv)
 
     recipe = load_recipe(RECIPE)
     budget = recipe.search.budget.latency_ratio

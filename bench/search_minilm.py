@@ -9,13 +9,12 @@ is 30 minutes of wall time on this machine.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_common import ROOT, copy_plot, environment, run_search, side_by_side  # noqa: E402
+from search_common import ROOT, copy_plot, parse_args, environment, run_search, side_by_side  # noqa: E402
 
 from compressor.io import write_text  # noqa: E402
 from compressor.recipe import load_recipe  # noqa: E402
@@ -26,11 +25,7 @@ LIMIT_MIN = 30
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=None, help="default: the recipe's search.trials")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-search-minilm")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, "bench-search-minilm", argv)
 
     recipe = load_recipe(RECIPE)
     found = run_search(recipe, args.out, trials=args.trials, threads=args.threads)

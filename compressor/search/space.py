@@ -332,11 +332,10 @@ def field_ref(key: str, entry: ParamSpace, stages: list["StageSpec"]) -> FieldRe
 def check_space(spec: SearchSpec, stages: list["StageSpec"]) -> list[tuple[tuple[Any, ...], str]]:
     """Problems of ``spec`` against the recipe's stages, as (key path under ``search``, message)."""
     problems: list[tuple[tuple[Any, ...], str]] = []
-    refs: dict[str, FieldRef] = {}
     for key, entry in spec.space.items():
         where = ("space", key)
         try:
-            ref = refs[key] = field_ref(key, entry, stages)
+            ref = field_ref(key, entry, stages)
         except ValueError as exc:
             problems.append((where, str(exc)))
             continue
@@ -356,7 +355,7 @@ def check_space(spec: SearchSpec, stages: list["StageSpec"]) -> list[tuple[tuple
                 problems.append((where + ("when",), f"a stage-wide value cannot depend on "
                                  f"{other}, which is searched {parent.form}"))
     for i, item in enumerate(spec.warm_start if isinstance(spec.warm_start, list) else []):
-        for key, value in item.items():
+        for key in item:
             if key not in spec.space:
                 problems.append((("warm_start", i, key), f"{key!r} is not a key of search.space"))
     return problems
