@@ -25,7 +25,7 @@ examples:
   compressor search recipes/search_digits.yaml
   compressor search recipe.yaml --workers 2                 # two processes, one study
   compressor search recipe.yaml --storage runs/s/journal.log  # journal file (NFS-safe sharing)
-  compressor search recipe.yaml --storage postgresql://user@db/optuna   # many machines
+  compressor search recipe.yaml --storage postgresql+psycopg://user@db/optuna  # many machines
   compressor search recipe.yaml --trials 60                 # resume and extend to 60 trials
   compressor search recipe.yaml --report-only               # rewrite the report
   optuna-dashboard sqlite:///runs/NAME-search/study.db       # watch it live
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<name>-search)")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, "
-                        "postgresql://...) or a journal file path (default: RUN_DIR/study.db)")
+                        "postgresql+psycopg://...) or a journal file path (default: RUN_DIR/study.db)")
     p.add_argument("--study-name", metavar="NAME", help="study name (default: the recipe's name)")
     p.add_argument("--trials", type=int, metavar="N", help="override search.trials")
     p.add_argument("--workers", type=int, default=1, metavar="N",

@@ -64,8 +64,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
                 heartbeat_stale_trial_callback=_retry())
     except ImportError as exc:
-        raise CompressorError(f"--storage {url}: the database driver is missing ({exc}); "
-                              "install it, e.g. `pip install psycopg2-binary` for PostgreSQL") from None
+        raise CompressorError(f"--storage {url}: the database driver is missing ({exc}); install it, "
+                              "e.g. `pip install 'psycopg[binary]'` and use postgresql+psycopg://") from None
     except Exception as exc:  # sqlalchemy raises many kinds for bad URLs and unreachable servers
         raise CompressorError(f"--storage {url}: cannot open the study storage ({exc})") from None
 
