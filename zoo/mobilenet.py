@@ -3,7 +3,7 @@
 The edge-target workhorse: depthwise convs and inverted residuals stress pruning (group convs must
 keep in/out channels tied) and int8 quantization (ReLU6 ranges, depthwise per-channel scales)
 differently from ResNet. Module names follow torchvision, so its state dicts load unchanged; without
-one the weights are random with a fixed seed.
+one the weights are random with a fixed seed and a data-dependent init (``zoo/synthetic.py``).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from compressor.zoo.registry import register_model
 from compressor.zoo.resnet import make_divisible
+from compressor.zoo.synthetic import data_dependent_init
 
 #: (expansion t, output channels c, repeats n, first stride s), as in the paper's Table 2.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -69,8 +70,19 @@ class MobileNetV2(nn.Module):
 
 @register_model("mobilenet_v2", dataset="imagenet-synthetic", weights="random (or your checkpoint)",
                 description="MobileNetV2, ImageNet shapes (3x224x224 -> 1000 classes), 3.5M parameters")
-def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, seed: int = 0) -> MobileNetV2:
-    """MobileNetV2 with seeded random weights; ``width_mult`` scales every layer's channels."""
-    with torch.random.fork_rng(devices=[]):
+def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, seed: int = 0,
+                 resolution: int = 224, pretrained: bool = True) -> MobileNetV2:
+    """MobileNetV2 with seeded random weights and a data-dependent init (see ``zoo/synthetic.py``).
+
+    ``width_mult`` scales every layer's channels; ``resolution`` is the image size the init
+    calibrates at and must be the dataset's (the logits are centred for that size only).
+    ``pretrained=False`` skips the init (there are no ImageNet weights offline): the bare
+    architecture, for a checkpoint to fill.
+    """
+    with torch.random.fork_rng(devices=[]):  # also holds the calibration pass's dropout draws
         torch.manual_seed(seed)
-        return MobileNetV2(num_classes, width_mult).eval()
+        model = MobileNetV2(num_classes, width_mult)
+        if not pretrained:
+            return model.eval()
+        residual = [b.conv[-1] for b in model.modules() if isinstance(b, InvertedResidual) and b.use_res_connect]
+        return data_dependent_init(model, model.classifier[-1], residual, resolution)

@@ -2,9 +2,10 @@
 
 torchvision does not import beside this torch build, so the network is rebuilt here with
 torchvision's module names: a torchvision ``resnet18`` state dict loads into it unchanged, which is
-how a user brings real weights (``model: {checkpoint: ..., factory: "compressor.zoo.resnet:resnet18"}``).
-Without a checkpoint the weights are random with a fixed seed, so every rebuild of the base model
-(resume, search trials, stage replay) is the same network.
+how a user brings real weights (recipe ``model: {zoo: resnet18, checkpoint: resnet18.pth}``).
+Without a checkpoint the weights are random with a fixed seed (and a data-dependent init, see
+``zoo/synthetic.py``), so every rebuild of the base model (resume, search trials, stage replay) is
+the same network.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.zoo.registry import register_model
+from compressor.zoo.synthetic import data_dependent_init
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -75,8 +77,18 @@ class ResNet(nn.Module):
 
 @register_model("resnet18", dataset="imagenet-synthetic", weights="random (or your checkpoint)",
                 description="ResNet-18, ImageNet shapes (3x224x224 -> 1000 classes), 11.7M parameters")
-def resnet18(num_classes: int = 1000, width: float = 1.0, seed: int = 0) -> ResNet:
-    """ResNet-18 with seeded random weights; ``width`` scales every stage's channels."""
+def resnet18(num_classes: int = 1000, width: float = 1.0, seed: int = 0, resolution: int = 224,
+             pretrained: bool = True) -> ResNet:
+    """ResNet-18 with seeded random weights and a data-dependent init (see ``zoo/synthetic.py``).
+
+    ``width`` scales every stage's channels; ``resolution`` is the image size the init calibrates at
+    and must be the dataset's (the logits are centred for that size only). ``pretrained=False`` skips
+    the init (there are no ImageNet weights offline): the bare architecture, for a checkpoint to fill.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ResNet((2, 2, 2, 2), num_classes, width).eval()
+        model = ResNet((2, 2, 2, 2), num_classes, width)
+        if not pretrained:
+            return model.eval()
+        residual = [b.bn2 for b in model.modules() if isinstance(b, BasicBlock) and b.downsample is None]
+        return data_dependent_init(model, model.fc, residual, resolution)
