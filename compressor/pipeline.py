@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import random
@@ -45,11 +46,13 @@ def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
                               f"known datasets: {', '.join(sorted(DATASETS))}")
     if name not in DATASETS:
         raise CompressorError(f"data.dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    task = DATASETS[name].build(model=original, **recipe.data.args)
-    task.batch_size = recipe.data.batch_size
-    task.eval_samples = recipe.data.eval_samples
-    task.calibration_samples = recipe.data.calibration_samples
-    return task
+    return configure_task(DATASETS[name].build(model=original, **recipe.data.args), recipe)
+
+
+def configure_task(task: Task, recipe: Recipe) -> Task:
+    """``task`` with the recipe's batch size and sample counts (a copy: the data is shared)."""
+    return dataclasses.replace(task, batch_size=recipe.data.batch_size, eval_samples=recipe.data.eval_samples,
+                               calibration_samples=recipe.data.calibration_samples)
 
 
 def seed_everything(seed: int) -> None:
@@ -62,14 +65,17 @@ class Pipeline:
     """Executes a recipe into a run directory (see docs/run-directory.md for its layout)."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
-                 on_stage: StageHook | None = None, light: bool = False) -> None:
-        """``light`` skips what only a person reads (MACs, the plot): for callers that run
-        many pipelines, such as search trials."""
+                 on_stage: StageHook | None = None, light: bool = False,
+                 base: tuple[torch.nn.Module, Task] | None = None) -> None:
+        """For callers that run many pipelines on one model, such as search trials: ``light``
+        skips what only a person reads (MACs, the plot); ``base`` is the input model (left
+        unchanged) and its task, already built from the same model and dataset."""
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(recipe)
         self.overwrite = overwrite
         self.on_stage = on_stage
         self.light = light
+        self.base = base
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> "Pipeline":
@@ -88,10 +94,13 @@ class Pipeline:
         state = self._prepare_run_dir()
         recipe = self.recipe
         seed_everything(recipe.seed)
-        original = load_model(recipe.model)
+        if self.base is not None:
+            original, task = self.base[0], configure_task(self.base[1], recipe)
+        else:
+            original = load_model(recipe.model)
+            task = build_task(recipe, original)
         for p in original.parameters():
             p.requires_grad_(False)
-        task = build_task(recipe, original)
         target = get_target(recipe.target)
         model = copy.deepcopy(original)
         for p in model.parameters():

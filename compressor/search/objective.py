@@ -83,8 +83,10 @@ def train_params(recipe: Recipe) -> Iterator[TrainParams]:
         yield from walk(spec.params)
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, on_stage: Any = None) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Run ``recipe`` into ``run_dir``: the final model and the report's metrics rows."""
+def run_recipe(recipe: Recipe, run_dir: Path, base: tuple[nn.Module, "Task"], on_stage: Any = None
+               ) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Run ``recipe`` into ``run_dir`` on ``base`` (the input model and its task, built once per
+    worker): the final model and the report's metrics rows."""
     from compressor.pipeline import Pipeline
 
     final: dict[str, nn.Module] = {}
@@ -94,12 +96,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, on_stage: Any = None) -> tuple[nn.
         if on_stage is not None:
             on_stage(index, spec, row, ctx)
 
-    report = Pipeline(recipe, run_dir, overwrite=True, on_stage=hook, light=True).run()
-    if "model" not in final:  # no stage changed the model (all switched off)
-        from compressor.sources import load_model
-
-        final["model"] = load_model(recipe.model)
-    return final["model"], report.rows
+    report = Pipeline(recipe, run_dir, overwrite=True, on_stage=hook, light=True, base=base).run()
+    return final.get("model", base[0]), report.rows  # the input model when no stage changed it
 
 
 def config_hash(recipe: Recipe) -> str:
@@ -243,11 +241,12 @@ class Objective:
     """The callable Optuna runs: see the module docstring for its two phases."""
 
     def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
-                 baseline: Baseline, workdir: Path, reference: Path, task: "Task",
+                 baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, "Task"],
                  table: "LatencyTable | None") -> None:
         self.study = study
         self.recipe, self.spec, self.variables = recipe, spec, variables
-        self.baseline, self.workdir, self.reference, self.task = baseline, workdir, reference, task
+        self.baseline, self.workdir, self.reference = baseline, workdir, reference
+        self.base, self.task = base, base[1]
         self.table = table
         self.settings = LatencySettings.of(recipe)
 
@@ -283,7 +282,7 @@ class Objective:
         measured = Measured()
         if self.table is not None:
             measured.latency_predicted = self.table.predict(values)
-        model, rows = run_recipe(for_trial(config, train=False), trial_dir / "architecture")
+        model, rows = run_recipe(for_trial(config, train=False), trial_dir / "architecture", self.base)
         measured.size_bytes = int(rows[-1]["size_bytes"])
         self._latency(model, trial_dir / "architecture.onnx", measured)
         if self.spec.skip_infeasible and self._violation(measured) > 0:
@@ -303,7 +302,7 @@ class Objective:
                     self._record(trial, measured)
                     raise optuna.TrialPruned(f"quality {row['quality']:.4f} after {spec.name}")
 
-        model, rows = run_recipe(trial_recipe, trial_dir / "run", on_stage)
+        model, rows = run_recipe(trial_recipe, trial_dir / "run", self.base, on_stage)
         measured.size_bytes = int(rows[-1]["size_bytes"])
         self._latency(model, trial_dir / "model.onnx", measured)
         quality = float(rows[-1]["quality"])

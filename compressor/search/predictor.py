@@ -66,14 +66,15 @@ class LatencyTable:
         return cls(data["base"], {k: [tuple(p) for p in v] for k, v in data["entries"].items()})
 
 
-def measure_table(recipe: "Recipe", variables: list[Variable], model: "nn.Module", workdir: Path,
-                  reference: Path, task: "Task", cache: LatencyCache | None = None,
+def measure_table(recipe: "Recipe", variables: list[Variable], base: tuple["nn.Module", "Task"],
+                  workdir: Path, reference: Path, cache: LatencyCache | None = None,
                   points: int = 5) -> LatencyTable:
     """Build and time every one-variable variant of ``recipe`` (see the module docstring).
 
-    ``model`` is the input model (for layer names); a value the recipe already gives a variable
-    needs no run (its factor is 1).
+    ``base`` is the input model and its task; a value the recipe already gives a variable needs
+    no run (its factor is 1).
     """
+    model, task = base
     settings = LatencySettings.of(recipe)
     variants: dict[str, dict[str, Scalar]] = {"base": {}}
     for i, var in enumerate(variables):
@@ -87,7 +88,8 @@ def measure_table(recipe: "Recipe", variables: list[Variable], model: "nn.Module
     folder.mkdir(parents=True, exist_ok=True)
     with captured(folder / "log.txt"):
         for name, values in variants.items():
-            built, _ = run_recipe(for_trial(configured(recipe, variables, values), train=False), folder / name)
+            built, _ = run_recipe(for_trial(configured(recipe, variables, values), train=False),
+                                  folder / name, base)
             path = export_for_latency(built, task, folder / f"{name}.onnx", settings)
             shutil.rmtree(folder / name)
             graphs[name] = key = graph_key(path)

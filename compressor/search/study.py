@@ -102,7 +102,7 @@ class Search:
         import torch
 
         from compressor.metrics import storage_bytes
-        from compressor.pipeline import build_task
+        from compressor.pipeline import build_task, seed_everything
         from compressor.sources import load_model
 
         if self.threads:
@@ -128,6 +128,7 @@ class Search:
         if known is None:
             study.set_user_attr("recipe_hash", digest)
 
+        seed_everything(self.recipe.seed)  # as the pipeline does: a randomly initialised model is the same
         original = load_model(self.recipe.model)
         variables = resolve(self.spec, self.recipe, original)
         cheap = configured(self.recipe, variables, {}, self.spec.cheap)
@@ -145,7 +146,7 @@ class Search:
         if self.spec.latency_table:
             if "latency_table" not in attrs:
                 self.log(f"measuring the per-layer latency table ({len(variables)} variables) ...")
-                table = measure_table(self.recipe, variables, original, self.run_dir, reference, task,
+                table = measure_table(self.recipe, variables, (original, task), self.run_dir, reference,
                                       LatencyCache(study))
                 study.set_user_attr("latency_table", table.as_dict())
             table = LatencyTable.from_dict(study.user_attrs["latency_table"])
@@ -156,7 +157,7 @@ class Search:
         self.study, self.variables, self.baseline, self.table = study, variables, baseline, table
         self.task, self.reference = task, reference
         self._objective = Objective(study, self.recipe, self.spec, variables, baseline, self.run_dir,
-                                    reference, task, table)
+                                    reference, (original, task), table)
         return study
 
     def _reference_ms(self, reference: Path, task: Any) -> float:
