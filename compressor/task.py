@@ -9,7 +9,7 @@ labels, e.g. sentence embeddings or randomly initialised ImageNet shapes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class Task:
     batch_size: int = 64
     eval_samples: int | None = None
     calibration_samples: int = 256
+    #: Optional DataLoader collate_fn (e.g. cut token batches to their longest sentence).
+    collate: Callable[[list[Any]], Any] | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -52,7 +54,7 @@ class Task:
         shuffle = split == "train" if shuffle is None else shuffle
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(data, batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          generator=gen)
+                          generator=gen, collate_fn=self.collate)
 
     def calibration_batches(self, samples: int | None = None,
                             batch_size: int | None = None) -> Iterator[tuple[Tensor, ...]]:
