@@ -139,3 +139,18 @@ def test_latency_table_multiplies_factors_and_interpolates():
     assert table.predict({"a": 0.75}) == pytest.approx(0.9 * 0.4)
     assert table.predict({"unknown": 3}) == pytest.approx(0.9)
     assert LatencyTable.from_dict(table.as_dict()).predict({"a": 1.0, "b": 4}) == pytest.approx(0.09)
+
+
+def test_a_per_layer_enabled_field_is_not_the_stage_switch():
+    """quantize has its own per-layer ``enabled``; ``bits`` exists only inside per_layer."""
+    recipe = load_recipe(RECIPE.replace("  - ensemble: {noise: 0.5, ignore: [classifier]}\n", "  - quantize: {}\n") % (
+        "    quantize.enabled: {per_layer: {choices: [true, false]}}\n"
+        "    quantize.bits: {per_layer: {choices: [4, 8]}, when: {quantize.enabled: [true]}}\n"))
+    variables = resolve(recipe.search, recipe, DigitsCNN())
+    fixed = {f"quantize.enabled[{n}]": False for n in ("features.0.0", "features.3.0", "classifier")}
+    values = sample(optuna.trial.FixedTrial({**fixed, "quantize.enabled[features.1.0]": True,
+                                             "quantize.bits[features.1.0]": 4}), variables)
+    stages = apply(recipe, variables, values)["stages"]
+    assert [list(s) for s in stages] == [["quantize"], ["finetune"]]
+    assert stages[0]["quantize"]["per_layer"]["features.0.0"] == {"enabled": False}
+    assert stages[0]["quantize"]["per_layer"]["features.1.0"] == {"enabled": True, "bits": 4}

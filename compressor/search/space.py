@@ -244,8 +244,8 @@ class SearchSpec(_Strict):
         for key, entry in space.items():
             if not _KEY.match(key):
                 raise ValueError(f"{key!r}: expected STAGE.FIELD, e.g. prune.sparsity")
-            if key.endswith(f".{ENABLED}") and (entry.value is None or entry.when):
-                raise ValueError(f"{key}: a stage switch takes 'value: {{choices: [true, false]}}'")
+            if key.count(".") == 1 and key.endswith(f".{ENABLED}") and entry.form == "value" and entry.when:
+                raise ValueError(f"{key}: a stage switch cannot have 'when'")
             for other in entry.when:
                 if other not in seen:
                     raise ValueError(f"{key}: 'when' names {other!r}, which must be a field "
@@ -282,10 +282,8 @@ class FieldRef:
     container: tuple[str, ...] | None = None
     #: Whether ``path`` is also a stage-wide field (else it exists only inside ``per_layer``).
     stage_field: bool = True
-
-    @property
-    def is_switch(self) -> bool:
-        return self.path == (ENABLED,)
+    #: ``STAGE.enabled`` of a stage without such a field: keeps or drops the whole stage.
+    is_switch: bool = False
 
     @property
     def layer_field(self) -> str:
@@ -304,9 +302,9 @@ def field_ref(key: str, entry: ParamSpace, stages: list["StageSpec"]) -> FieldRe
     if stage not in names:
         raise ValueError(f"no stage named {stage!r}; stages: {', '.join(names) or 'none'}")
     index = names.index(stage)
-    if tuple(path) == (ENABLED,):
-        return FieldRef(key, stage, index, (ENABLED,))
     cls: Any = type(stages[index].params)
+    if tuple(path) == (ENABLED,) and entry.form == "value" and ENABLED not in cls.model_fields:
+        return FieldRef(key, stage, index, (ENABLED,), stage_field=False, is_switch=True)
     containers = [()] if "per_layer" in cls.model_fields else []
     stage_field = True
     for depth, part in enumerate(path):
@@ -431,7 +429,7 @@ def resolve(spec: SearchSpec, recipe: "Recipe", model: "nn.Module") -> list[Vari
             name = key if label is None else f"{key}[{label}]"
             conditions = []
             switch = by_key.get(f"{ref.stage}.{ENABLED}")
-            if switch and not ref.is_switch:
+            if switch and switch[0].ref.is_switch and not ref.is_switch:
                 conditions.append((switch[0].name, (True,)))
             for other, allowed in entry.when.items():
                 parent = _parent(by_key[other], layers)

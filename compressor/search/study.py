@@ -109,7 +109,7 @@ class Search:
             torch.set_num_threads(self.threads)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / RECIPE_FILE, yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials print their own line
         storage = open_storage(self.url)
         fresh = self.study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
         seed = self.spec.seed if self.spec.seed is not None else self.recipe.seed
