@@ -58,7 +58,7 @@ def uniform_sweep(recipe: Recipe, out: Path, *, threads: int | None, limit: int 
     grids = [spec.space[k].domain.grid() for k in keys]
     configs = [dict(zip(keys, values)) for values in itertools.product(*grids)][:limit]
     data = recipe.to_dict()
-    data["search"].update(warm_start=configs, trials=len(configs), latency_table=False)
+    data["search"].update(warm_start=configs, trials=len(configs), latency_table=False, sensitivity_seed=False)
     return run_search(load_recipe(data), out, trials=None, threads=threads, name="uniform")
 
 

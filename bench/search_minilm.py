@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     found = run_search(recipe, args.out, trials=args.trials, threads=args.threads)
     summary = found.summary
     minutes = found.seconds / 60
-    warm = [(f"uniform warm start: search", summary.row(r["number"])) for r in summary.trials if r["warm_start"]
-            and r["quality"] is not None]
+    warm = [(f"{r['warm_start']} warm start: search", r) for r in summary.trials
+            if r["warm_start"] and r["quality"] is not None]
     best = [("searched best: search", summary.row(summary.best))] if summary.best is not None else []
     command = "python bench/search_minilm.py" + (f" --trials {args.trials}" if args.trials else "") + (
         f" --threads {args.threads}" if args.threads else "")

@@ -154,3 +154,21 @@ def test_a_per_layer_enabled_field_is_not_the_stage_switch():
     assert [list(s) for s in stages] == [["quantize"], ["finetune"]]
     assert stages[0]["quantize"]["per_layer"]["features.0.0"] == {"enabled": False}
     assert stages[0]["quantize"]["per_layer"]["features.1.0"] == {"enabled": True, "bits": 4}
+
+
+def test_sensitivity_seed_keeps_the_most_sensitive_layers_mildest():
+    from compressor.pipeline import build_task
+    from compressor.search.seeding import sensitivity_config
+    from compressor.search.sensitivity import layer_sensitivity
+
+    recipe = load_recipe(RECIPE.replace("  - ensemble: {noise: 0.5, ignore: [classifier]}\n", "  - quantize: {}\n")
+                         .replace("args: {pretrained: false}", "args: {pretrained: false, width: 8}")
+                         % "    quantize.bits: {per_layer: {choices: [4, 8]}}\n")
+    model = DigitsCNN(8).eval()
+    recipe.data.eval_samples, recipe.data.calibration_samples = 64, 64
+    task = build_task(recipe, model)
+    variables = resolve(recipe.search, recipe, model)
+    config = sensitivity_config(recipe, variables, (model, task), samples=64)
+    drops = layer_sensitivity(model, task, params=recipe.stages[0].params, samples=64)
+    order = sorted(drops, key=lambda n: -drops[n])
+    assert config[f"quantize.bits[{order[0]}]"] == 8 and config[f"quantize.bits[{order[-1]}]"] == 4

@@ -62,7 +62,7 @@ def _row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     a = t.user_attrs
     row = {"number": t.number, "state": t.state.name,
            "feasible": all(v <= 0 for v in t.constraints.values()),
-           "warm_start": "warm_start" in a}
+           "warm_start": a.get("warm_start")}  # "uniform", "sensitivity" or None
     for key in ("quality", "latency_ratio", "latency_ms", "latency_predicted", "size_ratio", "size_bytes"):
         row[key] = a.get(key)
     row["params"] = dict(t.params)
@@ -132,7 +132,7 @@ def table(summary: SearchSummary, numbers: list[int]) -> str:
     for n in numbers:
         r = summary.row(n)
         note = ", ".join(filter(None, ["best" if n == summary.best else "",
-                                       "uniform warm start" if r["warm_start"] else "",
+                                       f"{r['warm_start']} warm start" if r["warm_start"] else "",
                                        "" if r["feasible"] else "over budget"]))
         lines.append(f"| {n} | {_fmt(r['quality'], '.4f')} | {_fmt(r['latency_ratio'], '.3f')} | "
                      f"{_fmt(r['latency_ms'], '.4f')} | {_fmt(r['latency_predicted'], '.3f')} | "
@@ -162,7 +162,9 @@ def markdown(summary: SearchSummary) -> str:
               "![Pareto front](pareto.png)", ""]
     warm = [r["number"] for r in summary.trials if r["warm_start"]]
     if warm:
-        lines += ["## Uniform configurations (warm start)", "", table(summary, warm), ""]
+        lines += ["## Warm-start configurations", "",
+                  "Uniform: every layer of a key gets the same value; sensitivity: the layers most "
+                  "sensitive to quantization get the mildest setting.", "", table(summary, warm), ""]
     if summary.predictor:
         p = summary.predictor
         lines += ["## Latency table", "",
@@ -188,7 +190,10 @@ def plot(summary: SearchSummary, path: Path) -> Path:
     ax = axes[0][0]
     for group, style in (([r for r in rows if r["feasible"]], dict(c="#8c8c8c", marker="o", label="trial")),
                          ([r for r in rows if not r["feasible"]], dict(c="#d62728", marker="x", label="over budget")),
-                         ([r for r in rows if r["warm_start"]], dict(c="#2ca02c", marker="^", s=60, label="uniform"))):
+                         ([r for r in rows if r["warm_start"] == "uniform"],
+                          dict(c="#2ca02c", marker="^", s=60, label="uniform")),
+                         ([r for r in rows if r["warm_start"] == "sensitivity"],
+                          dict(c="#9467bd", marker="D", s=50, label="sensitivity seed"))):
         if group:
             ax.scatter([r[x_key] for r in group], [r["quality"] for r in group], **style)
     front = [summary.row(n) for n in summary.pareto]

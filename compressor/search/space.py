@@ -226,6 +226,9 @@ class SearchSpec(_Strict):
     warm_start: NonNegativeInt | list[dict[str, Scalar]] = Field(
         3, description="Configurations enqueued first: N uniform ones spread over each domain in "
         "the order written, or a list of {KEY: value} applied to every layer.")
+    sensitivity_seed: bool = Field(
+        True, description="Also start with a configuration that keeps the layers most sensitive to "
+        "quantization mildest (when a quantize stage's bits/act_bits/enabled are searched per layer).")
     cheap: CheapSpec = Field(default_factory=CheapSpec)
     latency_table: bool = Field(True, description="Measure a per-layer latency table (a cheap "
                                 "predictor); its error against measured trials is reported.")

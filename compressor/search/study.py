@@ -28,6 +28,7 @@ from compressor.search.objective import (Baseline, LatencyCache, LatencySettings
                                          SurplusTrial, config_hash, configured, counted,
                                          export_for_latency, worker_id)
 from compressor.search.predictor import LatencyTable, measure_table
+from compressor.search.seeding import sensitivity_config
 from compressor.search.space import SearchSpec, Variable, resolve, warm_start_configs
 
 #: Seconds between heartbeats of a running trial (RDB storages); stale after three missed.
@@ -151,8 +152,12 @@ class Search:
                 study.set_user_attr("latency_table", table.as_dict())
             table = LatencyTable.from_dict(study.user_attrs["latency_table"])
         if "warm_start" not in attrs:
-            for i, config in enumerate(warm_start_configs(self.spec, variables)):
-                study.enqueue_trial(config, user_attrs={"warm_start": i}, skip_if_exists=True)
+            for config in warm_start_configs(self.spec, variables):
+                study.enqueue_trial(config, user_attrs={"warm_start": "uniform"}, skip_if_exists=True)
+            seeded = (sensitivity_config(self.recipe, variables, (original, task), self.spec.cheap.eval_samples)
+                      if self.spec.sensitivity_seed else None)
+            if seeded is not None:
+                study.enqueue_trial(seeded, user_attrs={"warm_start": "sensitivity"}, skip_if_exists=True)
             study.set_user_attr("warm_start", True)
         self.study, self.variables, self.baseline, self.table = study, variables, baseline, table
         self.task, self.reference = task, reference
