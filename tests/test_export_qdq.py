@@ -38,7 +38,8 @@ def qdq_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Pat
     x = torch.randn(8, 3, 16, 16)
     model = fake_quantize(Net().eval(), (x,))
     path = export_onnx(model, (x[:2],), tmp_path_factory.mktemp("qdq") / "q.onnx", input_names=["image"],
-                       output_names=["logits"], dynamic_axes={"image": {0: "batch"}}, opset=17, simplify=True)
+                       output_names=["logits"], dynamic_axes={"image": {0: "batch"}}, opset=17, simplify=True,
+                       runtime="tensorrt")
     return model, path, x
 
 
@@ -47,10 +48,12 @@ def test_fake_quant_lowers_to_qdq_pairs_that_pass_check_trt(qdq_export) -> None:
     proto = onnx.load(str(path))
     ops = [n.op_type for n in proto.graph.node]
     n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * n_layers
-    per_channel = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"
-                   and any(a.name == "axis" for a in n.attribute)]
-    assert len(per_channel) == n_layers  # one per weight
+    # Weights are stored pre-quantized (int8 initializer -> DequantizeLinear), activations as Q/DQ.
+    assert ops.count("QuantizeLinear") == n_layers
+    assert ops.count("DequantizeLinear") == 2 * n_layers
+    inits = {i.name for i in proto.graph.initializer}
+    weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dq) == n_layers and all(any(a.name == "axis" for a in n.attribute) for n in weight_dq)
     assert read_metadata(path)["precision"] == "int8"
     assert check_trt(path) == []
     parity = onnx_parity(model, path, (x,))
