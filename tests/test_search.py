@@ -130,6 +130,17 @@ def test_trials_over_budget_stop_before_training(tmp_path):
     assert "No trial met the budget" in (tmp_path / "s" / "search_report.md").read_text()
 
 
+def test_a_configuration_that_cannot_be_built_is_an_infeasible_trial(tmp_path):
+    recipe = toy_recipe(trials=2, warm_start=0, space={"quantize.enabled": {"per_layer": {"choices": [False]}}})
+    recipe["stages"][0] = {"quantize": {}}  # every layer switched off: the stage refuses
+    search = Search(load_recipe(recipe), tmp_path / "s")
+    search.run(report=False)
+    trials = trials_of(search)
+    assert len(trials) == 2  # the budget still ends the search
+    assert all(t.state == TrialState.PRUNED and "no layer selected" in t.user_attrs["error"]
+               and t.constraints["buildable"] > 0 for t in trials)
+
+
 def test_repeated_configuration_reuses_the_first_result(tmp_path):
     space = {"ensemble.repeat": {"per_layer": {"choices": [2]}}}
     search = Search(load_recipe(toy_recipe(trials=3, warm_start=0, space=space)), tmp_path / "s")

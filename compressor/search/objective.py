@@ -226,11 +226,9 @@ _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count toward ``search.trials``: finished, running or queued, and those that
-    failed with an error of their configuration. Stale trials of dead workers (retried as new
-    trials) and surplus trials don't count."""
-    return [t for t in trials if t.state in _COUNTED
-            or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)]
+    """Trials that count toward ``search.trials``: finished, running or queued. Stale trials of
+    dead workers (retried as new trials) and surplus trials (FAIL) don't count."""
+    return [t for t in trials if t.state in _COUNTED]
 
 
 def worker_id() -> str:
@@ -270,8 +268,11 @@ class Objective:
             with captured(trial_dir / "log.txt"):
                 return self._evaluate(trial, values, config, trial_dir)
         except CompressorError as exc:
+            # The configuration cannot be built (say, every layer of a stage switched off): an
+            # infeasible trial, which the sampler learns to avoid, rather than a failure it ignores.
             trial.set_user_attr("error", str(exc))
-            raise
+            trial.set_constraint("buildable", 1.0)
+            raise optuna.TrialPruned(str(exc)) from None
         finally:
             if not self.spec.keep_checkpoints:
                 for ckpt in trial_dir.rglob("*.pt"):

@@ -213,7 +213,9 @@ class Search:
             parts.append(f"size {a['size_ratio']:.3f}x")
         if "quality" in a:
             parts.append(f"quality {a['quality']:.4f}")
-        if trial.state == TrialState.PRUNED:
+        if "error" in a:
+            parts.append(f"cannot be built: {a['error']}")
+        elif trial.state == TrialState.PRUNED:
             if any(v > 0 for v in trial.constraints.values()):
                 parts.append("stopped: over budget")
             else:
@@ -221,7 +223,7 @@ class Search:
                 parts.append(f"stopped: quality {trial.intermediate_values[step]:.4f} after stage "
                              f"{step + 1}, below the median" if step is not None else "stopped")
         elif trial.state == TrialState.FAIL:
-            parts.append(f"failed: {a.get('error', 'see the log')}")
+            parts.append("failed: see the log")
         elif any(v > 0 for v in trial.constraints.values()):
             parts.append("over budget")
         if "duplicate_of" in a:
