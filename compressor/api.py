@@ -13,6 +13,7 @@ from compressor.report import Report
 
 if TYPE_CHECKING:
     from compressor.export.deploy import ExportResult
+    from compressor.search.report import SearchSummary
 
 
 def run(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
@@ -25,6 +26,21 @@ def run(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[
     elif overrides:
         recipe = load_recipe(recipe.to_dict(), overrides=overrides)
     return Pipeline(recipe, run_dir, overwrite=overwrite).run()
+
+
+def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
+           run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None,
+           trials: int | None = None, workers: int = 1) -> "SearchSummary":
+    """Search the recipe's ``search.space`` (see docs/search.md); returns the report's summary.
+
+    Running it again with the same ``run_dir`` (or ``storage``) resumes the study.
+    """
+    from compressor.search.study import Search, default_run_dir
+
+    if not isinstance(recipe, Recipe) or overrides:
+        recipe = load_recipe(recipe.to_dict() if isinstance(recipe, Recipe) else recipe, overrides=overrides)
+    return Search(recipe, run_dir or default_run_dir(recipe), storage=storage, study_name=study_name,
+                  trials=trials).run(workers=workers)
 
 
 def resume(run_dir: str | Path) -> Report:
