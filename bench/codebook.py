@@ -45,7 +45,7 @@ MINILM = [
     ("all Linear k=16 (4 bit)", {"clusters": 16, "layers": ["type:Linear"], "weighting": "activation",
                                  "assignments": "refresh"}),
 ]
-MINILM_FINETUNE = {"epochs": 2, "lr": 1e-4}
+MINILM_FINETUNE = {"epochs": 1, "lr": 1e-4, "max_steps_per_epoch": 15}
 
 
 def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str, Any],
