@@ -59,7 +59,7 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
 
     recipe = {"name": label, "model": {"zoo": zoo}, "report": {"latency": "off"},
               "stages": [{"codebook": {**params, "finetune": finetune}},
-                         {"export": {"formats": ["onnx", "onnx_codebook"], "simplify": False}}]}
+                         {"export": {"formats": ["onnx", "onnx-codebook"], "simplify": False}}]}
     run_dir = workdir / f"{zoo}-{len(list(workdir.iterdir()))}"
     start = time.perf_counter()
     report = compressor.run(recipe, run_dir=run_dir)
@@ -75,7 +75,7 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
     task = build_task(load_recipe(recipe), model)
     inputs = task.example_inputs(32)
     outs = {}
-    for key in ("onnx", "onnx_codebook"):
+    for key in ("onnx", "onnx-codebook"):
         session = ort_session(report.artifacts[key])
         outs[key] = session.run(None, feeds(session, inputs))[0]
     s = row["storage"]
@@ -86,8 +86,8 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
         "lzma": storage(model, "lzma").coded_index_bytes, "zlib": storage(model, "zlib").coded_index_bytes,
         "entropy": s["entropy_bound_index_bytes"], "other": s["other_bytes"],
         "onnx_dense": export["onnx_dense_bytes"], "onnx_compact": export["onnx_codebook_bytes"],
-        "onnx_diff": float(np.abs(outs["onnx"] - outs["onnx_codebook"]).max()),
-        "onnx_cos": compare(outs["onnx"], outs["onnx_codebook"]).cosine,
+        "onnx_diff": float(np.abs(outs["onnx"] - outs["onnx-codebook"]).max()),
+        "onnx_cos": compare(outs["onnx"], outs["onnx-codebook"]).cosine,
         "exact_reload": exact, "seconds": seconds,
     }
 

@@ -4,11 +4,11 @@
 >>> report = compressor.run("recipes/quickstart.yaml", overrides=["finetune.epochs=1"])
 >>> report.final["quality"]
 """
-from compressor.api import load_model, resume, run
+from compressor.api import deploy, load_model, resume, run
 from compressor.errors import CompressorError, RecipeError, RecipeErrors
 from compressor.recipe import Recipe, load_recipe
 from compressor.report import Report
 
-__all__ = ["CompressorError", "Recipe", "RecipeError", "RecipeErrors", "Report", "load_model",
+__all__ = ["CompressorError", "Recipe", "RecipeError", "RecipeErrors", "Report", "deploy", "load_model",
            "load_recipe", "resume", "run"]
 __version__ = "0.1.0"

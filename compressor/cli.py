@@ -9,7 +9,8 @@ import sys
 import warnings
 
 #: Command modules, in the order `--help` lists them; each defines ``register(subparsers)``.
-COMMANDS = ("run", "validate", "schema", "zoo", "targets")
+COMMANDS = ("run", "search", "export", "check_trt", "bench", "sensitivity", "validate", "schema", "zoo",
+            "targets")
 
 DESCRIPTION = """\
 Compress PyTorch models for edge targets and export them.
@@ -24,8 +25,13 @@ examples:
   compressor run recipes/quickstart.yaml            # compress + export the demo model
   compressor run recipe.yaml --set prune.sparsity=0.3 --out runs/try1
   compressor run --resume runs/try1                 # continue after an interruption
+  compressor search recipes/search_digits.yaml      # per-layer settings under a latency budget
+  compressor export runs/try1 --formats onnx,onnx-fp16 --target cpu-arm64
+  compressor check-trt runs/try1/deploy/model.onnx  # TensorRT's Q/DQ rules, node by node
+  compressor bench a.onnx b.onnx --batch 8          # interleaved ONNX Runtime latency
   compressor validate recipe.yaml                   # check a recipe without running it
   compressor schema > recipe.schema.json            # JSON Schema for editor completion
+  compressor sensitivity recipes/minilm_int8.yaml   # per-layer quantization sensitivity
 
 Add --debug to any command for a full traceback on errors.
 """

@@ -43,9 +43,14 @@ def select_layers(model: nn.Module, selection: LayerSelection,
                   types: Iterable[type[nn.Module]] = DEFAULT_TYPES) -> dict[str, nn.Module]:
     """Modules of ``types`` matched by ``selection.layers`` and not by ``selection.ignore``."""
     types = tuple(types)
-    return {name: m for name, m in model.named_modules()
-            if name and isinstance(m, types)
-            and any(matches(name, m, s) for s in selection.layers)
+    return pick(((name, m) for name, m in model.named_modules() if name and isinstance(m, types)),
+                selection)
+
+
+def pick(candidates: Iterable[tuple[str, nn.Module]], selection: LayerSelection) -> dict[str, nn.Module]:
+    """The named modules among ``candidates`` that ``selection`` picks (for non-default types)."""
+    return {name: m for name, m in candidates
+            if any(matches(name, m, s) for s in selection.layers)
             and not any(matches(name, m, s) for s in selection.ignore)}
 
 

@@ -31,6 +31,7 @@ def count_macs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> int | No
 
     if any(hasattr(m, "to_dense") for m in model.modules()):
         model = materialize(copy.deepcopy(model))
+    _count_subclasses_like_bases(model)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -38,6 +39,19 @@ def count_macs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> int | No
         return int(macs)
     except Exception:  # the counter hooks fail on some custom modules; report "n/a"
         return None
+
+
+def _count_subclasses_like_bases(model: nn.Module) -> None:
+    """Let torch-pruning's counter (keyed by exact class) count subclasses of the layers it knows,
+    e.g. sparse or fake-quantized convs, like their base: they run the same dense kernels."""
+    from torch_pruning.utils.op_counter import MODULES_MAPPING
+
+    for module in model.modules():
+        cls = type(module)
+        if cls not in MODULES_MAPPING:
+            base = next((b for b in cls.__mro__[1:] if b in MODULES_MAPPING), None)
+            if base is not None:
+                MODULES_MAPPING[cls] = MODULES_MAPPING[base]
 
 
 def storage_bytes(model: nn.Module) -> int:

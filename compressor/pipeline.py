@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import random
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from compressor.stages import STAGES
 from compressor.task import Task
 
 RUN_STATE = "run.json"
+#: Called after each stage with (stage index, spec, metrics row, context); may raise to stop the run.
+StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -43,11 +46,13 @@ def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
                               f"known datasets: {', '.join(sorted(DATASETS))}")
     if name not in DATASETS:
         raise CompressorError(f"data.dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    task = DATASETS[name].build(model=original, **recipe.data.args)
-    task.batch_size = recipe.data.batch_size
-    task.eval_samples = recipe.data.eval_samples
-    task.calibration_samples = recipe.data.calibration_samples
-    return task
+    return configure_task(DATASETS[name].build(model=original, **recipe.data.args), recipe)
+
+
+def configure_task(task: Task, recipe: Recipe) -> Task:
+    """``task`` with the recipe's batch size and sample counts (a copy: the data is shared)."""
+    return dataclasses.replace(task, batch_size=recipe.data.batch_size, eval_samples=recipe.data.eval_samples,
+                               calibration_samples=recipe.data.calibration_samples)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,10 +64,18 @@ def seed_everything(seed: int) -> None:
 class Pipeline:
     """Executes a recipe into a run directory (see docs/run-directory.md for its layout)."""
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False) -> None:
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
+                 on_stage: StageHook | None = None, light: bool = False,
+                 base: tuple[torch.nn.Module, Task] | None = None) -> None:
+        """For callers that run many pipelines on one model, such as search trials: ``light``
+        skips what only a person reads (MACs, the plot); ``base`` is the input model (left
+        unchanged) and its task, already built from the same model and dataset."""
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(recipe)
         self.overwrite = overwrite
+        self.on_stage = on_stage
+        self.light = light
+        self.base = base
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> "Pipeline":
@@ -81,10 +94,13 @@ class Pipeline:
         state = self._prepare_run_dir()
         recipe = self.recipe
         seed_everything(recipe.seed)
-        original = load_model(recipe.model)
+        if self.base is not None:
+            original, task = self.base[0], configure_task(self.base[1], recipe)
+        else:
+            original = load_model(recipe.model)
+            task = build_task(recipe, original)
         for p in original.parameters():
             p.requires_grad_(False)
-        task = build_task(recipe, original)
         target = get_target(recipe.target)
         model = copy.deepcopy(original)
         for p in model.parameters():
@@ -92,7 +108,8 @@ class Pipeline:
         ctx = Context(model=model, task=task, recipe=recipe, target=target, run_dir=self.run_dir,
                       original=original)
         if state.get("baseline") is None:
-            state["baseline"] = self._measure(ctx, "input", "input", 0.0, latency=True)
+            state["baseline"] = self._measure(ctx, "input", "input", 0.0,
+                                              latency=recipe.report.latency != "off")
             self._save_state(state)
         baseline = state["baseline"]
 
@@ -149,9 +166,11 @@ class Pipeline:
             entry["artifacts"] = dict(ctx.artifacts)
             state["stages"] = [s for s in state["stages"] if s["name"] != spec.name] + [entry]
             self._save_state(state)
+            if self.on_stage is not None:
+                self.on_stage(index, spec, entry["metrics"], ctx)
 
         report = self._report(state, baseline, ctx)
-        report.write()
+        report.write(plot=not self.light)
         return report
 
     # ------------------------------------------------------------------ helpers
@@ -163,7 +182,8 @@ class Pipeline:
             "stage": name, "kind": kind, "quality": quality,
             "quality_drop": (quality - baseline["quality"]) if baseline else 0.0,
             "params": count_params(model), "nonzero_params": count_nonzero(model),
-            "macs": count_macs(model, task.example_inputs(1)), "size_bytes": storage_bytes(model),
+            "macs": None if self.light else count_macs(model, task.example_inputs(1)),
+            "size_bytes": storage_bytes(model),
             "seconds": seconds,
         }
         if latency and ctx.target.runtime == "onnxruntime":
@@ -182,8 +202,10 @@ class Pipeline:
         if ctx.target.runtime != "onnxruntime":
             notes.append(f"latency is measured with ONNX Runtime on this CPU; target {ctx.target.name} "
                          "runs TensorRT: build and time the engine there")
-        warnings = list(self.recipe.warnings) + [f"stage {r['stage']}: quality drop exceeds eval.max_drop"
-                                                 for r in rows if r.get("over_budget")]
+        warnings = list(self.recipe.warnings)
+        if rows[-1].get("over_budget"):  # intermediate stages (e.g. prune before distill) may drop
+            warnings.append(f"final quality drop {rows[-1]['quality_drop']:+.4f} exceeds eval.max_drop "
+                            f"({ctx.recipe.eval.max_drop})")
         return Report(run_dir=str(self.run_dir), metric=ctx.task.metric, rows=rows, status=status,
                       error=error, artifacts=dict(ctx.artifacts), warnings=warnings, notes=notes)
 

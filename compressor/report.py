@@ -67,9 +67,10 @@ class Report:
             lines += ["![per-stage metrics](report.png)", ""]
         return "\n".join(lines)
 
-    def write(self) -> None:
+    def write(self, plot: bool = True) -> None:
         run_dir = Path(self.run_dir)
-        self.plot(run_dir / "report.png")
+        if plot:
+            self.plot(run_dir / "report.png")
         write_json(run_dir / "report.json", asdict(self))
         write_text(run_dir / "report.md", self.markdown())
 

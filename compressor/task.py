@@ -29,6 +29,8 @@ class Task:
     output_names: list[str] = field(default_factory=lambda: ["output"])
     #: ONNX dynamic axes per input/output name, e.g. {"input": {0: "batch"}}.
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: How raw data becomes the inputs (e.g. scaling, layout, tokenizer), for the deploy manifest.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     #: True when the data or weights are synthetic; reports say so.
     synthetic: bool = False
     note: str = ""

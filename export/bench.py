@@ -1,9 +1,14 @@
-"""Latency measurement shared by reports, `compressor bench` and search."""
+"""Latency measurement shared by reports, `compressor bench`, the export stage and search.
+
+Timing noise between processes here is up to +-25% (shared cores), so comparisons run their
+variants in turns inside one process (:func:`interleaved`) and report medians and ratios.
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -16,18 +21,26 @@ class Latency:
     mean_ms: float
     batch: int
     iterations: int
+    #: Intra-op threads the runtime used (None: its default).
+    threads: int | None = None
 
     @property
     def throughput(self) -> float:
         """Samples per second at the median latency."""
         return self.batch / (self.p50_ms / 1e3)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return {**asdict(self), "throughput": self.throughput}
 
 
-def measure(fn: Callable[[], object], *, batch: int = 1, warmup: int = 5,
-            iterations: int = 30) -> Latency:
+def _summarise(ms: list[float] | np.ndarray, batch: int, threads: int | None) -> Latency:
+    arr = np.asarray(ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return Latency(float(p50), float(p90), float(p99), float(arr.mean()), batch, len(arr), threads)
+
+
+def measure(fn: Callable[[], object], *, batch: int = 1, warmup: int = 5, iterations: int = 30,
+            threads: int | None = None) -> Latency:
     """Time ``fn`` after ``warmup`` calls: percentiles over ``iterations`` calls."""
     for _ in range(warmup):
         fn()
@@ -36,13 +49,11 @@ def measure(fn: Callable[[], object], *, batch: int = 1, warmup: int = 5,
         start = time.perf_counter()
         fn()
         times[i] = time.perf_counter() - start
-    ms = times * 1e3
-    return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
-                   float(np.percentile(ms, 99)), float(ms.mean()), batch, iterations)
+    return _summarise(times * 1e3, batch, threads)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, batch: int = 1, warmup: int = 5,
-                iterations: int = 30, rounds: int = 5) -> dict[str, Latency]:
+def interleaved(fns: Mapping[str, Callable[[], object]], *, batch: int = 1, warmup: int = 5,
+                iterations: int = 30, rounds: int = 5, threads: int | None = None) -> dict[str, Latency]:
     """Time several variants in turns within one process, so machine noise hits all alike."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
@@ -55,20 +66,65 @@ def interleaved(fns: dict[str, Callable[[], object]], *, batch: int = 1, warmup:
                 start = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, ms in samples.items():
-        arr = np.asarray(ms)
-        out[name] = Latency(float(np.percentile(arr, 50)), float(np.percentile(arr, 90)),
-                            float(np.percentile(arr, 99)), float(arr.mean()), batch, len(arr))
-    return out
+    return {name: _summarise(ms, batch, threads) for name, ms in samples.items()}
 
 
-def ort_latency(path: str, inputs: tuple, *, threads: int | None = None, warmup: int = 5,
-                iterations: int = 30) -> Latency:
-    """Latency of an ONNX file in ONNX Runtime on this machine's CPU."""
+def ort_runner(path: str | Path, inputs: tuple, threads: int | None = None) -> Callable[[], object]:
+    """A zero-argument call that runs ``inputs`` through an ONNX Runtime session of ``path``."""
     from compressor.export.runtime import feeds, ort_session
 
     session = ort_session(path, threads)
     feed = feeds(session, inputs)
-    return measure(lambda: session.run(None, feed), batch=len(next(iter(feed.values()))),
-                   warmup=warmup, iterations=iterations)
+    return lambda: session.run(None, feed)
+
+
+def ort_latency(path: str | Path, inputs: tuple, *, threads: int | None = None, warmup: int = 5,
+                iterations: int = 30) -> Latency:
+    """Latency of an ONNX file in ONNX Runtime on this machine's CPU."""
+    return measure(ort_runner(path, inputs, threads), batch=_batch(inputs), warmup=warmup,
+                   iterations=iterations, threads=threads)
+
+
+def compare_onnx(paths: Mapping[str, str | Path], inputs: tuple, *, threads: int | None = None,
+                 warmup: int = 5, iterations: int = 30, rounds: int = 5) -> dict[str, Latency]:
+    """Interleaved ONNX Runtime latency of several ONNX files on the same inputs."""
+    runners = {name: ort_runner(p, inputs, threads) for name, p in paths.items()}
+    return interleaved(runners, batch=_batch(inputs), warmup=warmup, iterations=iterations,
+                       rounds=rounds, threads=threads)
+
+
+def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int] | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Inputs matching an ONNX file's input signature, for timing.
+
+    Symbolic dimensions take their value from ``dims`` (by dimension name, e.g. ``seq``), the
+    first one defaults to ``batch``, others to 1. Floats are standard normal; integer inputs
+    whose name mentions "mask" are ones, other integers (token ids) lie in [0, 10): valid for any
+    embedding table, and timing does not depend on the ids.
+    """
+    from compressor.export.onnx import io_specs
+
+    dims = dict(dims or {})
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in io_specs(path)["inputs"]:
+        shape = []
+        for axis, dim in enumerate(spec["shape"]):
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+            elif isinstance(dim, str) and dim in dims:
+                shape.append(int(dims[dim]))
+            else:
+                shape.append(batch if axis == 0 else 1)
+        dtype = np.dtype(spec["dtype"])
+        if np.issubdtype(dtype, np.floating):
+            out.append(rng.standard_normal(shape).astype(dtype))
+        elif "mask" in spec["name"].lower():
+            out.append(np.ones(shape, dtype=dtype))
+        else:
+            out.append(rng.integers(0, 10, size=shape).astype(dtype))
+    return tuple(out)
+
+
+def _batch(inputs: tuple) -> int:
+    return len(inputs[0]) if inputs and getattr(inputs[0], "ndim", 0) else 1

@@ -1,8 +1,49 @@
-"""Deployment targets as data: which runtime runs the model and what it allows."""
+"""Deployment targets as data: which runtime runs the model, what it allows, how to quantize for it.
+
+A target is chosen by name in a recipe (``target: jetson-orin``). Stages read it to decide what to
+do (the quantize stage places Q/DQ by its :class:`QuantRules`; export picks precisions, opset and,
+for TensorRT, the engine's build settings). ``compressor targets`` prints this table.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Precision = Literal["fp32", "fp16", "int8", "fp8"]
+
+
+@dataclass(frozen=True)
+class QuantRules:
+    """How a runtime wants explicitly quantized (Q/DQ) graphs to look."""
+
+    name: str
+    #: Zero points of weights and activations are 0 (symmetric int8).
+    symmetric: bool
+    #: int8 (signed) tensors; ``False`` allows uint8 activations (ORT on x86 without VNNI prefers u8s8).
+    signed_activations: bool
+    #: Weights use [-127, 127] so that -128 never occurs (TensorRT's int8 weight range).
+    narrow_range_weights: bool
+    #: Weights per channel on the output-channel axis; activations per tensor.
+    per_channel_weights: bool
+    #: Smallest opset that expresses the scheme (per-channel Q/DQ needs 13).
+    min_opset: int
+    #: Op types left in float (their inputs are not quantized).
+    keep_float: tuple[str, ...]
+    #: Put Q/DQ on both inputs of residual Adds, so Conv+Add fuses into one int8 kernel.
+    quantize_residual_add: bool
+
+
+QUANT_RULES: dict[str, QuantRules] = {r.name: r for r in (
+    QuantRules("tensorrt", symmetric=True, signed_activations=True, narrow_range_weights=True,
+               per_channel_weights=True, min_opset=13, keep_float=("Softmax", "LayerNormalization"),
+               quantize_residual_add=True),
+    # ORT's CPU kernels fuse Q/DQ around Conv/MatMul/Gemm; LayerNorm, Softmax and GELU outputs carry
+    # outliers that int8 breaks (MiniLM static QDQ on all ops: cosine 0.35), so they stay float.
+    QuantRules("ort-cpu", symmetric=True, signed_activations=True, narrow_range_weights=False,
+               per_channel_weights=True, min_opset=13,
+               keep_float=("Softmax", "LayerNormalization", "Gelu", "Erf", "Pow", "ReduceMean"),
+               quantize_residual_add=False),
+)}
 
 
 @dataclass(frozen=True)
@@ -10,29 +51,51 @@ class Target:
     name: str
     runtime: Literal["onnxruntime", "tensorrt"]
     description: str
-    #: Precisions the target runs fast, best first.
-    precisions: tuple[str, ...]
+    #: Precisions the target runs, fastest first; export refuses the others.
+    precisions: tuple[Precision, ...]
     opset: int = 17
-    #: Quantization placement rules: "ort-cpu" keeps LayerNorm/Softmax/GELU float; "tensorrt"
-    #: quantizes inputs of weighted ops and residual Add inputs so Conv+Add fuses.
+    #: Name of the :class:`QuantRules` the quantize stage follows for this target.
     quant_rules: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
     #: Intra-op threads for latency measurement (None: the runtime's default).
     threads: int | None = None
     #: Semi-structured sparsity the target accelerates (TensorRT: 2:4 only).
     sparsity: tuple[str, ...] = field(default_factory=tuple)
+    #: TensorRT targets: the GPU and its compute capability (engines only run where they were built).
+    gpu: str | None = None
+    compute_capability: str | None = None
+    #: TensorRT version the target ships (engines are tied to it).
+    tensorrt: str | None = None
+    #: TensorRT builder workspace limit (MiB) and the batch range of the optimization profile.
+    workspace_mb: int = 1024
+    max_batch: int = 32
+
+    @property
+    def rules(self) -> QuantRules:
+        return QUANT_RULES[self.quant_rules]
+
+    def allows(self, precision: str) -> bool:
+        return precision in self.precisions
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rules": asdict(self.rules)}
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cpu-x86", "onnxruntime", "x86-64 CPU through ONNX Runtime (AVX2/AVX-512/VNNI)",
-           ("fp32", "int8")),
-    Target("cpu-arm64", "onnxruntime", "ARM64 CPU (Graviton, Raspberry Pi, phones) through ONNX Runtime",
-           ("fp32", "int8")),
-    Target("jetson-orin", "tensorrt", "NVIDIA Jetson Orin (Ampere, sm_87) through TensorRT",
-           ("int8", "fp16", "fp32"), opset=17, quant_rules="tensorrt", sparsity=("2:4",)),
+           ("int8", "fp32")),
+    Target("cpu-arm64", "onnxruntime",
+           "ARM64 CPU (Graviton, Raspberry Pi 5, phones) through ONNX Runtime; fp16 on ARMv8.2+",
+           ("int8", "fp16", "fp32")),
+    Target("jetson-orin", "tensorrt", "NVIDIA Jetson Orin (Ampere, sm_87) through TensorRT (JetPack 6)",
+           ("int8", "fp16", "fp32"), opset=17, quant_rules="tensorrt", sparsity=("2:4",),
+           gpu="Jetson AGX Orin", compute_capability="8.7", tensorrt="10.3", workspace_mb=1024,
+           max_batch=16),
     Target("rtx-4090", "tensorrt", "NVIDIA RTX 4090 (Ada, sm_89) through TensorRT",
-           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",)),
+           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",),
+           gpu="GeForce RTX 4090", compute_capability="8.9", tensorrt="10.8", workspace_mb=4096),
     Target("h100", "tensorrt", "NVIDIA H100 (Hopper, sm_90) through TensorRT",
-           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",)),
+           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",),
+           gpu="H100", compute_capability="9.0", tensorrt="10.8", workspace_mb=8192, max_batch=64),
 )}
 
 

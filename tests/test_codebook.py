@@ -199,9 +199,9 @@ def test_compact_onnx_matches_dense_export(tmp_path: Path, clusters: int, dim: i
 
 def test_export_stage_writes_small_codebook_onnx(tmp_path: Path) -> None:
     recipe = _codebook_recipe(clusters=16)
-    recipe["stages"].append({"export": {"formats": ["onnx", "onnx_codebook"], "simplify": False}})
+    recipe["stages"].append({"export": {"formats": ["onnx", "onnx-codebook"], "simplify": False}})
     report = compressor.run(recipe, run_dir=tmp_path / "run")
     row = report.rows[-1]
-    assert row["parity_codebook"]["max_abs"] < 1e-4   # conv + folded BatchNorm, fp32 rounding
+    assert row["parity_by_format"]["onnx-codebook"]["max_abs"] < 1e-4   # conv + folded BatchNorm, fp32 rounding
     assert row["onnx_dense_bytes"] > 3 * row["onnx_codebook_bytes"]
-    assert Path(report.artifacts["onnx_codebook"]).is_file()
+    assert Path(report.artifacts["onnx-codebook"]).is_file()

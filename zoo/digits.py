@@ -35,7 +35,10 @@ def digits_tensors() -> tuple[TensorDataset, TensorDataset]:
 def digits_task(model: nn.Module | None = None, **_: object) -> Task:
     train, val = digits_tensors()
     return Task(name="digits", metric="accuracy", train=train, val=val, input_names=["image"],
-                output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+                output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                preprocessing={"image": "8x8 grayscale digit, pixel values / 16 -> [0, 1], float32, "
+                                        "layout NCHW (N, 1, 8, 8)",
+                               "logits": "10 classes (digits 0-9): argmax is the prediction"})
 
 
 class DigitsCNN(nn.Module):

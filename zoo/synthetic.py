@@ -119,4 +119,7 @@ def imagenet_synthetic_task(model: nn.Module | None = None, *, resolution: int =
     return Task(name="imagenet-synthetic", metric="fidelity", train=splits[0], val=splits[1],
                 input_names=["image"], output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                preprocessing={"image": f"RGB, NCHW (N, 3, {resolution}, {resolution}), float32, normalised "
+                                        "like ImageNet (per-channel mean 0, std 1)",
+                               "logits": "1000 ImageNet classes: argmax is the prediction"},
                 synthetic=True, note=NOTE.format(floor=floor), batch_size=batch_size)

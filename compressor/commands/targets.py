@@ -6,16 +6,33 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("targets", help="list deployment targets",
-                       description="List the targets a recipe can name with 'target: NAME': their "
-                                   "runtime, precisions, opset and quantization rules.")
+                       description="List the targets a recipe can name with 'target: NAME' (and "
+                                   "`compressor export --target NAME`): their runtime, precisions "
+                                   "(fastest first), opset, quantization rules and, for TensorRT "
+                                   "targets, the GPU an engine is built for.")
+    p.add_argument("--json", action="store_true", help="print every field as JSON")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    import json
+
     from compressor.export.targets import TARGETS
 
+    if args.json:
+        print(json.dumps({name: t.as_dict() for name, t in TARGETS.items()}, indent=2))
+        return 0
     for t in TARGETS.values():
         sparsity = f", sparsity {'/'.join(t.sparsity)}" if t.sparsity else ""
         print(f"{t.name:<12} {t.runtime:<12} {'/'.join(t.precisions):<20} opset {t.opset}, "
               f"rules {t.quant_rules}{sparsity}\n{'':<12} {t.description}")
+        r = t.rules
+        print(f"{'':<12} quantization: int8 {'symmetric' if r.symmetric else 'asymmetric'}, weights "
+              f"{'per channel' if r.per_channel_weights else 'per tensor'}"
+              f"{' in [-127, 127]' if r.narrow_range_weights else ''}, opset >= {r.min_opset}, "
+              f"float: {', '.join(r.keep_float)}"
+              f"{', Q/DQ on residual Adds' if r.quantize_residual_add else ''}")
+        if t.runtime == "tensorrt":
+            print(f"{'':<12} engine: {t.gpu} (sm {t.compute_capability}), TensorRT {t.tensorrt}, "
+                  f"workspace {t.workspace_mb} MiB, batch 1..{t.max_batch}")
     return 0

@@ -200,6 +200,8 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int])
 
     if recipe is not None:
         errors += _check_references(recipe, path, lines)
+        if recipe.search is not None and len(specs) == len(stage_entries):
+            errors += _check_search(recipe, specs, path, lines)
     if errors:
         raise RecipeErrors(errors)
     assert recipe is not None
@@ -236,6 +238,16 @@ def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, in
             f"known: {', '.join(sorted(TARGETS))}", file=path, key="target",
             line=nearest_line(lines, ("target",))))
     return errors
+
+
+def _check_search(recipe: Recipe, specs: list[StageSpec], path: Path | None,
+                  lines: dict[KeyPath, int]) -> list[RecipeError]:
+    """Search keys must name a stage and one of its fields, with values that field accepts."""
+    from compressor.search.space import check_space
+
+    return [RecipeError(message, file=path, key=format_path(("search",) + where),
+                        line=nearest_line(lines, ("search",) + where))
+            for where, message in check_space(recipe.search, specs)]
 
 
 def _order_warnings(specs: list[StageSpec]) -> list[str]:
@@ -278,6 +290,9 @@ def _fields_at(model: type[BaseModel], loc: KeyPath) -> list[str]:
     """Names of the fields of the (nested) model found at ``loc``."""
     current: Any = model
     for part in loc:
+        if typing.get_origin(current) is dict:  # ``part`` is a key of the mapping
+            current = _model_in(typing.get_args(current)[1])
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
         field = current.model_fields.get(str(part))

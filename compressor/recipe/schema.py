@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
+from compressor.search.space import SearchSpec
+
 Scalar = str | int | float | bool | None
 
 
@@ -97,7 +99,7 @@ class Recipe(Strict):
     target: str = Field("cpu-x86", description="Deployment target (see `compressor targets`).")
     report: ReportSpec = Field(default_factory=ReportSpec)
     stages: list[StageSpec] = Field(default_factory=list)
-    search: dict[str, Any] | None = Field(None, description="Search space and budget (`compressor search`).")
+    search: SearchSpec | None = Field(None, description="Search space and budget (`compressor search`).")
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _source: Path | None = PrivateAttr(None)

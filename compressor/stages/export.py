@@ -1,4 +1,9 @@
-"""``export``: write the deployable ONNX model, check it and measure parity against PyTorch."""
+"""``export``: write the deploy bundle (ONNX fp32/Q-DQ, fp16, TensorRT engine or its build command),
+check parity against PyTorch and time the exported models.
+
+A parity failure fails the stage (and the run) with the reason; the artifacts stay in ``deploy/``
+for inspection and the report records why.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,28 +13,59 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from compressor.context import Context
 from compressor.errors import ExportError
-from compressor.export.codebook_onnx import export_codebook_onnx
-from compressor.export.onnx import export_onnx
-from compressor.export.parity import onnx_parity
 from compressor.stages.base import Stage, StageParams, register_stage
 
+Format = Literal["onnx", "onnx-fp16", "onnx-codebook", "tensorrt"]
 
-class ParityParams(BaseModel):
+
+class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    atol: float = Field(1e-3, gt=0, description="Largest allowed absolute difference of outputs.")
-    min_cosine: float = Field(0.9999, ge=0, le=1, description="Smallest allowed mean cosine.")
+    atol: float | None = Field(None, gt=0, description="Largest allowed absolute difference (None: not checked).")
+    min_cosine: float = Field(0.999, ge=0, le=1, description="Smallest allowed mean cosine.")
+    min_top1: float | None = Field(None, ge=0, le=1, description="Smallest allowed top-1 agreement.")
+
+
+class ParityParams(Tolerance):
+    """Tolerances per precision; the top-level keys are fp32's."""
+
+    atol: float | None = Field(1e-3, gt=0, description="fp32: largest allowed absolute difference.")
+    min_cosine: float = Field(0.9999, ge=0, le=1, description="fp32: smallest allowed mean cosine.")
+    fp16: Tolerance = Field(default_factory=lambda: Tolerance(min_cosine=0.999))
+    int8: Tolerance = Field(default_factory=lambda: Tolerance(min_cosine=0.999),
+                            description="Q/DQ models: ONNX Runtime's int8 kernels vs PyTorch fake-quant.")
     samples: PositiveInt = Field(64, description="Held-out samples compared.")
+
+    def tolerance(self, precision: str) -> Tolerance:
+        if precision == "fp16":
+            return self.fp16
+        if precision == "int8":
+            return self.int8
+        return Tolerance(atol=self.atol, min_cosine=self.min_cosine, min_top1=self.min_top1)
+
+
+class TensorRTParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workspace_mb: PositiveInt | None = Field(None, description="Builder workspace (default: the target's).")
+    max_batch: PositiveInt | None = Field(None, description="Largest batch of the profile (default: the target's).")
+    opt_batch: PositiveInt = Field(1, description="Batch the engine is tuned for.")
+    timing_cache: Path | None = Field(None, description="Timing cache file (default: in the compressor cache).")
 
 
 class ExportParams(StageParams):
-    formats: list[Literal["onnx", "onnx_codebook"]] = Field(
-        default_factory=lambda: ["onnx"],
-        description="onnx: the dense model; onnx_codebook: also a compact ONNX whose codebook "
-        "layers are stored as uint8 indices + codebooks (needs a codebook stage before).")
+    formats: list[Format] = Field(default_factory=lambda: ["onnx"], min_length=1, description=(
+        "onnx: fp32 (Q/DQ int8 when the model carries fake-quant modules); onnx-fp16: fp16 with "
+        "sensitive ops in fp32; onnx-codebook: a compact ONNX storing codebook layers as uint8 indices + "
+        "codebooks (needs a codebook stage); tensorrt: an engine (or the trtexec command that builds it)."))
     opset: int | None = Field(None, ge=13, le=21, description="Default: the target's opset.")
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
-    simplify: bool = Field(True, description="Simplify the graph with onnxslim.")
+    simplify: bool = Field(True, description="Simplify (and constant-fold) the graph with onnxslim.")
+    external_data_mb: float = Field(1024, gt=0, description="Weights above this go to model.onnx.data.")
+    fp16_keep_float: list[str] | None = Field(None, description="Op types kept fp32 in onnx-fp16 "
+                                                                "(default: compressor.export.fp16.KEEP_FLOAT).")
     parity: ParityParams = Field(default_factory=ParityParams)
+    evaluate: bool = Field(True, description="Measure each exported model's quality on the held-out split.")
+    latency: bool = Field(True, description="Time the exported ONNX models on this CPU (interleaved).")
+    tensorrt: TensorRTParams = Field(default_factory=TensorRTParams)
 
 
 @register_stage("export")
@@ -38,31 +74,21 @@ class Export(Stage):
     changes_model = False
 
     def apply(self, ctx: Context) -> Context:
-        p: ExportParams = self.params
-        task = ctx.task
-        path = ctx.run_dir / "deploy" / "model.onnx"
-        export_onnx(ctx.model, task.example_inputs(2), path, input_names=task.input_names,
-                    output_names=task.output_names, dynamic_axes=task.dynamic_axes,
-                    opset=p.opset or ctx.target.opset, exporter=p.exporter, simplify=p.simplify)
-        ctx.artifacts["onnx"] = str(path)
-        self._check(ctx, path, "parity")
-        if "onnx_codebook" in p.formats:
-            compact = export_codebook_onnx(
-                ctx.model, task.example_inputs(2), path.with_suffix(".codebook.onnx"),
-                input_names=task.input_names, output_names=task.output_names,
-                dynamic_axes=task.dynamic_axes, opset=p.opset or ctx.target.opset, exporter=p.exporter)
-            ctx.artifacts["onnx_codebook"] = str(compact.path)
-            ctx.stage_metrics["onnx_codebook_bytes"] = compact.compact_bytes
-            ctx.stage_metrics["onnx_dense_bytes"] = compact.dense_bytes
-            self._check(ctx, compact.path, "parity_codebook")
-        return ctx
+        from compressor.export.deploy import Provenance, export_model
+        from compressor.pipeline import recipe_hash
 
-    def _check(self, ctx: Context, path: Path, key: str) -> None:
-        p: ExportParams = self.params
-        parity = onnx_parity(ctx.model, path, ctx.task.example_inputs(p.parity.samples))
-        ctx.stage_metrics[key] = parity.as_dict()
-        if parity.max_abs > p.parity.atol or parity.cosine < p.parity.min_cosine:
-            raise ExportError(
-                f"parity check failed for {path}: max abs error {parity.max_abs:.3g} "
-                f"(allowed {p.parity.atol:g}), cosine {parity.cosine:.6f} (required "
-                f">= {p.parity.min_cosine:g}); the artifact is kept for inspection")
+        provenance = Provenance(recipe_hash=recipe_hash(ctx.recipe),
+                                stages=[{"name": r.name, "kind": r.kind} for r in ctx.records],
+                                recipe=ctx.recipe.name)
+        params = self.params
+        if ctx.recipe.report.latency == "off":  # the recipe turned timing off for every stage
+            params = params.model_copy(update={"latency": False})
+        result = export_model(ctx.model, ctx.task, ctx.target, ctx.run_dir / "deploy", params,
+                              provenance=provenance, report=ctx.recipe.report)
+        for note in result.notes:
+            ctx.log(f"note: {note}")
+        ctx.artifacts.update(result.artifacts)
+        ctx.stage_metrics.update(result.metrics)
+        if result.failures:
+            raise ExportError(result.failure_message())
+        return ctx

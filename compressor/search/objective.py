@@ -1,0 +1,401 @@
+"""One trial: sampled choices become a recipe, which is measured on the target and run cheaply.
+
+A trial has two phases. The *architecture* phase runs the stages with all training switched
+off: what it builds already has the final graph, so its latency (ONNX Runtime, interleaved with
+the input model) and size are exact, and a trial that breaks the budget stops here, before any
+training. The *quality* phase runs the stages with the cheap caps (short fine-tunes, an eval
+subset) and reports the quality after each stage to Optuna's pruner.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import optuna
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.recipe import Recipe, load_recipe
+from compressor.search.space import CheapSpec, Scalar, SearchSpec, Variable, apply, sample
+from compressor.stages import STAGES  # before compressor.train, which needs the stages package loaded
+from compressor.train import TrainParams
+
+if TYPE_CHECKING:
+    from compressor.search.predictor import LatencyTable
+    from compressor.task import Task
+
+
+# --------------------------------------------------------------------------- recipes
+def configured(recipe: Recipe, variables: list[Variable], values: dict[str, Scalar],
+               cheap: CheapSpec | None = None) -> Recipe:
+    """The recipe a trial stands for (what ``best.yaml`` holds): values written in, caps applied."""
+    out = load_recipe(apply(recipe, variables, values))
+    if cheap is not None:
+        for params in train_params(out):
+            if cheap.epochs is not None:
+                params.epochs = min(params.epochs, cheap.epochs)
+            if cheap.max_steps_per_epoch is not None:
+                params.max_steps_per_epoch = min(params.max_steps_per_epoch or cheap.max_steps_per_epoch,
+                                                 cheap.max_steps_per_epoch)
+        if cheap.eval_samples is not None:
+            out.data.eval_samples = min(out.data.eval_samples or cheap.eval_samples, cheap.eval_samples)
+    return out
+
+
+def for_trial(recipe: Recipe, *, train: bool = True) -> Recipe:
+    """What a trial runs: only stages that change the model, no per-stage latency.
+
+    ``train=False`` gives the architecture phase: every training inside the stages is set to
+    zero epochs and quality is evaluated on one batch (it is not used).
+    """
+    out = load_recipe(recipe.to_dict())
+    out.stages = [s for s in out.stages if STAGES[s.kind].changes_model]
+    out.report.latency = "off"
+    if not train:
+        for params in train_params(out):
+            params.epochs = 0
+        out.data.eval_samples = out.data.batch_size
+    return out
+
+
+def train_params(recipe: Recipe) -> Iterator[TrainParams]:
+    """Every :class:`TrainParams` inside the stages (a finetune stage, a prune stage's finetune)."""
+    def walk(obj: Any) -> Iterator[TrainParams]:
+        if isinstance(obj, TrainParams):
+            yield obj
+        if isinstance(obj, BaseModel):
+            for name in type(obj).model_fields:
+                yield from walk(getattr(obj, name))
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                yield from walk(item)
+
+    for spec in recipe.stages:
+        yield from walk(spec.params)
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, base: tuple[nn.Module, "Task"], on_stage: Any = None
+               ) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Run ``recipe`` into ``run_dir`` on ``base`` (the input model and its task, built once per
+    worker): the final model and the report's metrics rows."""
+    from compressor.pipeline import Pipeline
+
+    final: dict[str, nn.Module] = {}
+
+    def hook(index: int, spec: Any, row: dict[str, Any], ctx: Any) -> None:
+        final["model"] = ctx.model
+        if on_stage is not None:
+            on_stage(index, spec, row, ctx)
+
+    report = Pipeline(recipe, run_dir, overwrite=True, on_stage=hook, light=True, base=base).run()
+    return final.get("model", base[0]), report.rows  # the input model when no stage changed it
+
+
+def config_hash(recipe: Recipe) -> str:
+    text = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- latency
+def graph_key(path: str | Path) -> str:
+    """Hash of an ONNX graph's structure (ops, wiring, tensor shapes and types, not weight values).
+
+    Latency on a CPU runtime depends on the graph, not on the numbers in it, so trials that build
+    the same graph share one measurement.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    h = hashlib.sha256()
+    for init in graph.initializer:
+        h.update(f"I{init.name}:{init.data_type}:{tuple(init.dims)}".encode())
+    for value in list(graph.input) + list(graph.output):
+        h.update(f"V{value.name}:{value.type.SerializeToString().hex()}".encode())
+    for node in graph.node:
+        h.update(f"N{node.op_type}:{node.domain}:{list(node.input)}:{list(node.output)}".encode())
+        for attr in node.attribute:
+            payload = (f"{attr.t.data_type}:{tuple(attr.t.dims)}" if attr.HasField("t")
+                       else attr.SerializeToString().hex())
+            h.update(f"A{attr.name}:{payload}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured: the recipe's ``report`` batch and iterations, ORT on the target."""
+
+    batch: int
+    warmup: int
+    iterations: int
+    threads: int | None
+    opset: int
+    rounds: int = 5
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> "LatencySettings":
+        from compressor.export.targets import get_target
+
+        target = get_target(recipe.target)
+        return cls(recipe.report.latency_batch, recipe.report.warmup, recipe.report.iterations,
+                   target.threads, target.opset)
+
+
+def export_for_latency(model: nn.Module, task: "Task", path: Path, settings: LatencySettings) -> Path:
+    from compressor.export.onnx import export_onnx
+
+    return export_onnx(model, task.example_inputs(settings.batch), path, input_names=task.input_names,
+                       output_names=task.output_names, dynamic_axes=task.dynamic_axes,
+                       opset=settings.opset)
+
+
+def relative_latency(paths: dict[str, Path], reference: Path, inputs: tuple[torch.Tensor, ...],
+                     settings: LatencySettings) -> dict[str, tuple[float, float]]:
+    """(latency / reference latency, p50 ms) of each ONNX file, timed in turns with the reference.
+
+    Interleaving in one process makes the ratio robust to the machine getting busier or quieter
+    between trials (workers, other jobs), which absolute milliseconds are not.
+    """
+    from compressor.export.bench import interleaved
+    from compressor.export.runtime import feeds, ort_session
+
+    sessions = {name: ort_session(p, settings.threads) for name, p in paths.items()}
+    sessions["__reference__"] = ort_session(reference, settings.threads)
+    fns = {}
+    for name, session in sessions.items():
+        feed = feeds(session, inputs)
+        fns[name] = lambda session=session, feed=feed: session.run(None, feed)
+    lat = interleaved(fns, batch=settings.batch, warmup=settings.warmup,
+                      iterations=settings.iterations, rounds=settings.rounds)
+    ref = lat.pop("__reference__").p50_ms
+    return {name: (v.p50_ms / ref, v.p50_ms) for name, v in lat.items()}
+
+
+class LatencyCache:
+    """Measured latency ratios by graph key, kept in one study attribute that every worker reads.
+
+    Two workers writing at once can drop one entry; that only costs a measurement later.
+    """
+
+    KEY = "latency_cache"
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def get(self, key: str) -> float | None:
+        return self.study.user_attrs.get(self.KEY, {}).get(key)
+
+    def put(self, key: str, ratio: float) -> None:
+        self.study.set_user_attr(self.KEY, {**self.study.user_attrs.get(self.KEY, {}), key: ratio})
+
+
+# --------------------------------------------------------------------------- the objective
+@dataclass(frozen=True)
+class Baseline:
+    """The input model, measured once per study: every ratio is relative to it."""
+
+    quality: float
+    latency_ms: float
+    size_bytes: int
+
+
+@dataclass
+class Measured:
+    latency_ratio: float | None = None
+    latency_ms: float | None = None
+    latency_predicted: float | None = None
+    size_bytes: int | None = None
+    graph: str | None = None
+
+
+class SurplusTrial(Exception):
+    """Raised when other workers already started the study's last trials (the trial is dropped)."""
+
+
+#: Trial states that use up the study's trial budget (see :func:`counted`).
+_COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count toward ``search.trials``: finished, running or queued. Stale trials of
+    dead workers (retried as new trials) and surplus trials (FAIL) don't count."""
+    return [t for t in trials if t.state in _COUNTED]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Objective:
+    """The callable Optuna runs: see the module docstring for its two phases."""
+
+    def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
+                 baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, "Task"],
+                 table: "LatencyTable | None") -> None:
+        self.study = study
+        self.recipe, self.spec, self.variables = recipe, spec, variables
+        self.baseline, self.workdir, self.reference = baseline, workdir, reference
+        self.base, self.task = base, base[1]
+        self.table = table
+        self.settings = LatencySettings.of(recipe)
+
+    # ------------------------------------------------------------------ entry point
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self._check_surplus(trial)
+        trial.set_user_attr("worker", worker_id())
+        values = sample(trial, self.variables)
+        config = configured(self.recipe, self.variables, values, self.spec.cheap)
+        digest = config_hash(config)
+        trial.set_user_attr("config", digest)
+        duplicate = self._finished_twin(trial, digest)
+        if duplicate is not None:
+            return self._copy(trial, duplicate)
+        trial_dir = self.workdir / "trials" / f"{trial.number:04d}"
+        if trial_dir.exists():
+            shutil.rmtree(trial_dir)
+        trial_dir.mkdir(parents=True)
+        trial.set_user_attr("dir", str(trial_dir))
+        try:
+            with captured(trial_dir / "log.txt"):
+                return self._evaluate(trial, values, config, trial_dir)
+        except CompressorError as exc:
+            # The configuration cannot be built (say, every layer of a stage switched off): an
+            # infeasible trial, which the sampler learns to avoid, rather than a failure it ignores.
+            trial.set_user_attr("error", str(exc))
+            trial.set_constraint("buildable", 1.0)
+            raise optuna.TrialPruned(str(exc)) from None
+        finally:
+            if not self.spec.keep_checkpoints:
+                for ckpt in trial_dir.rglob("*.pt"):
+                    ckpt.unlink()
+
+    def _evaluate(self, trial: optuna.Trial, values: dict[str, Scalar], config: Recipe,
+                  trial_dir: Path) -> float | tuple[float, ...]:
+        measured = Measured()
+        if self.table is not None:
+            measured.latency_predicted = self.table.predict(values)
+        model, rows = run_recipe(for_trial(config, train=False), trial_dir / "architecture", self.base)
+        measured.size_bytes = int(rows[-1]["size_bytes"])
+        self._latency(model, trial_dir / "architecture.onnx", measured)
+        if self.spec.skip_infeasible and self._violation(measured) > 0:
+            self._record(trial, measured)
+            raise optuna.TrialPruned("breaks the budget before training")
+
+        trial_recipe = for_trial(config)
+        # Optuna cannot prune multi-objective trials, and after the last stage there is nothing
+        # left to save: the quality after each earlier stage goes to the pruner.
+        last = len(trial_recipe.stages) - 1
+        report_quality = self.spec.objectives == ["quality"] and self.spec.pruner != "none"
+
+        def on_stage(index: int, spec: Any, row: dict[str, Any], ctx: Any) -> None:
+            if report_quality and index < last:
+                trial.report(row["quality"], step=index)
+                if trial.should_prune():
+                    self._record(trial, measured)
+                    raise optuna.TrialPruned(f"quality {row['quality']:.4f} after {spec.name}")
+
+        model, rows = run_recipe(trial_recipe, trial_dir / "run", self.base, on_stage)
+        measured.size_bytes = int(rows[-1]["size_bytes"])
+        self._latency(model, trial_dir / "model.onnx", measured)
+        quality = float(rows[-1]["quality"])
+        trial.set_user_attr("quality", quality)
+        self._record(trial, measured)
+        return self._values(quality, measured)
+
+    # ------------------------------------------------------------------ phases
+    def _latency(self, model: nn.Module, path: Path, measured: Measured) -> None:
+        """Fill in latency: from the table, the study's cache (same graph), or a measurement."""
+        if self.spec.latency_source == "table":
+            assert measured.latency_predicted is not None
+            measured.latency_ratio = measured.latency_predicted
+        else:
+            export_for_latency(model, self.task, path, self.settings)
+            key = graph_key(path)
+            if key != measured.graph:
+                measured.graph = key
+                cache = LatencyCache(self.study)
+                ratio = cache.get(key)
+                if ratio is None:
+                    ratio, _ = relative_latency({"trial": path}, self.reference,
+                                                self.task.example_inputs(self.settings.batch),
+                                                self.settings)["trial"]
+                    cache.put(key, ratio)
+                measured.latency_ratio = ratio
+        measured.latency_ms = measured.latency_ratio * self.baseline.latency_ms
+
+    # ------------------------------------------------------------------ budget and results
+    def _violation(self, m: Measured) -> float:
+        """Largest relative budget overshoot (<= 0: within budget)."""
+        budget, base = self.spec.budget, self.baseline
+        if budget is None:
+            return -1.0
+        over = []
+        if budget.latency_ratio is not None:
+            over.append(m.latency_ratio / budget.latency_ratio - 1)
+        if budget.latency_ms is not None:
+            over.append(m.latency_ms / budget.latency_ms - 1)
+        if budget.size_ratio is not None:
+            over.append(m.size_bytes / base.size_bytes / budget.size_ratio - 1)
+        if budget.size_bytes is not None:
+            over.append(m.size_bytes / budget.size_bytes - 1)
+        return max(over, default=-1.0)
+
+    def _record(self, trial: optuna.Trial, m: Measured) -> None:
+        attrs = {k: v for k, v in asdict(m).items() if v is not None}
+        if m.size_bytes is not None:
+            attrs["size_ratio"] = m.size_bytes / self.baseline.size_bytes
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if self.spec.budget is not None:
+            trial.set_constraint("budget", self._violation(m))
+
+    def _values(self, quality: float, m: Measured) -> float | tuple[float, ...]:
+        by_name = {"quality": quality, "latency": m.latency_ms, "size": float(m.size_bytes)}
+        values = tuple(by_name[o] for o in self.spec.objectives)
+        return values[0] if len(values) == 1 else values
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        """Drop this trial when, by start time, the study's budget was already used up."""
+        started = [t for t in counted(self.study.get_trials(deepcopy=False))
+                   if t.state != optuna.trial.TrialState.WAITING and t.datetime_start is not None]
+        started.sort(key=lambda t: (t.datetime_start, t.number))
+        if trial.number in {t.number for t in started[self.spec.trials:]}:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: the study already has {self.spec.trials} trials")
+
+    def _finished_twin(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in self.study.get_trials(deepcopy=False, states=done):
+            if t.user_attrs.get("config") == digest and t.number != trial.number \
+                    and "duplicate_of" not in t.user_attrs:
+                return t
+        return None
+
+    def _copy(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
+        """A configuration evaluated before: reuse its results instead of running it again."""
+        for key, value in twin.user_attrs.items():
+            if key not in ("worker", "config", "dir"):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", twin.number)
+        for key, value in twin.constraints.items():
+            trial.set_constraint(key, value)
+        if twin.state == optuna.trial.TrialState.PRUNED:
+            raise optuna.TrialPruned(f"same configuration as trial {twin.number}")
+        return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
+
+
+@contextlib.contextmanager
+def captured(path: Path) -> Iterator[None]:
+    """Send the stages' progress output to the trial's log instead of the terminal."""
+    with open(path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield

@@ -1,0 +1,201 @@
+"""``quantize``: PTQ (and optionally QAT) to a fake-quantized model that exports as Q/DQ ONNX.
+
+Order of work: fold BN -> place quantizers for the target -> share one quantizer per tensor ->
+SmoothQuant (optional) -> calibrate -> COMQ rounding (optional) -> keep the most sensitive layers
+float (optional) -> QAT (``mode: qat``). ``state()`` records every structural decision, so
+``restore`` rebuilds the same quantizers on a fresh model and the scales load from the weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from torch import nn
+
+from compressor.context import Context
+from compressor.errors import StageError
+from compressor.layers import LayerSelection
+from compressor.stages.base import Stage, StageParams, register_stage
+from compressor.stages.quantize.bnfold import apply_fold_structure, find_conv_bn_pairs, fold_batchnorm
+from compressor.stages.quantize.calibrate import calibrate_activations, calibrate_weights
+from compressor.stages.quantize.observers import OBSERVERS
+from compressor.stages.quantize.placement import (FLOAT_BITS, LayerPlan, TensorPlan, insert_add_quantizers,
+                                                   plan_layers, residual_adds,
+                                                   share_quantizers, shared_quantizer_groups, wrap_layers)
+from compressor.stages.quantize.qat import quantization_aware_training
+from compressor.stages.quantize.rounding import round_weights
+from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
+from compressor.task import Task
+from compressor.train import TrainParams
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WeightParams(_Section):
+    bits: int = Field(8, description="Weight bits: 2..8 integer (4 = int4 weight-only grid); "
+                                     "16 or 32 keep weights float.")
+    per_channel: bool = Field(True, description="One scale per output channel (axis 0).")
+    observer: Literal["minmax", "mse"] = Field("minmax", description="Weight range: max or MSE-optimal clip.")
+    format: Literal["int", "fp8"] = Field("int", description="fp8: simulated E4M3 (TensorRT fp8 targets).")
+
+    @model_validator(mode="after")
+    def _bits(self) -> "WeightParams":
+        if self.bits not in FLOAT_BITS and not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be 2..8, 16 or 32, got {self.bits}")
+        return self
+
+
+class ActivationParams(_Section):
+    bits: int = Field(8, description="Activation bits: 8, or 16/32 for weight-only quantization.")
+    observer: Literal["minmax", "percentile", "mse", "entropy"] = Field(
+        "mse", description=f"Calibration method: {', '.join(OBSERVERS)}.")
+    percentile: float = Field(99.99, gt=0, le=100, description="For observer: percentile.")
+    format: Literal["int", "fp8"] = "int"
+
+    @model_validator(mode="after")
+    def _bits(self) -> "ActivationParams":
+        if self.bits not in FLOAT_BITS and self.bits != 8:
+            raise ValueError(f"activation bits must be 8 (or 16/32: float), got {self.bits}")
+        return self
+
+
+class SmoothQuantParams(_Section):
+    alpha: float = Field(0.5, ge=0, le=1, description="Migration strength: 0 = none, 1 = all onto weights.")
+
+
+class RoundingParams(_Section):
+    method: Literal["nearest", "comq"] = Field("nearest", description="comq: layer-wise reconstruction "
+                                                                      "(worth it for 4-bit weights).")
+    sweeps: PositiveInt = 2
+
+
+class QuantizeParams(StageParams, LayerSelection):
+    mode: Literal["ptq", "qat"] = "ptq"
+    weights: WeightParams = Field(default_factory=WeightParams)
+    activations: ActivationParams = Field(default_factory=ActivationParams)
+    residual_adds: Literal["auto", "none", "residual", "both"] = Field(
+        "auto", description="Quantize residual Add inputs: auto = 'residual' for TensorRT targets "
+                            "(Conv+Add fusion), 'both' for ONNX Runtime (QLinearAdd/QLinearConv).")
+    fold_bn: bool = Field(True, description="Fold BatchNorm into the preceding conv first.")
+    smoothquant: SmoothQuantParams | None = Field(None, description="SmoothQuant outlier migration.")
+    rounding: RoundingParams = Field(default_factory=RoundingParams)
+    keep_float: int = Field(0, ge=0, description="Keep the N layers whose lone quantization costs the "
+                                                 "most quality in float (sensitivity-based).")
+    sensitivity_samples: PositiveInt = Field(128, description="Held-out samples for keep_float.")
+    calibration_samples: PositiveInt | None = Field(None, description="Default: data.calibration_samples.")
+    finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=3, lr=1e-4),
+                                  description="QAT training (mode: qat).")
+    learn_scales: bool = Field(True, description="QAT: train the scales too (LSQ).")
+    distill: float = Field(0.0, ge=0, le=1, description="QAT: weight of distillation from the fp32 model.")
+    temperature: float = Field(4.0, gt=0)
+
+
+def _plans(p: QuantizeParams) -> tuple[TensorPlan, TensorPlan | None]:
+    w, a = p.weights, p.activations
+    weight = TensorPlan(w.bits, w.format, w.observer)
+    act = None if a.bits in FLOAT_BITS else TensorPlan(a.bits, a.format, a.observer, a.percentile)
+    return weight, act
+
+
+def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rules: str = "ort-cpu",
+                   log=print) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Post-training quantization of ``model`` (changed in place, maybe re-rooted as a GraphModule).
+
+    Returns the quantized model, the stage state that :func:`restore_quantized` replays, and metrics.
+    """
+    example = task.example_inputs(2)
+    n_cal = p.calibration_samples or task.calibration_samples
+    n_batches = math.ceil(n_cal / task.batch_size)
+    batches = lambda: task.calibration_batches(n_cal)  # noqa: E731
+    weight, act = _plans(p)
+    metrics: dict[str, Any] = {}
+
+    pairs = find_conv_bn_pairs(model, example) if p.fold_bn else []
+    fold_batchnorm(model, pairs)
+    mode = p.residual_adds if p.residual_adds != "auto" else (
+        "residual" if quant_rules == "tensorrt" else "both")
+    sites = residual_adds(model, mode) if act is not None else []
+    model = insert_add_quantizers(model, sites, act) if sites else model
+    plans = plan_layers(model, p, weight, act, p.weights.per_channel)
+    if not plans:
+        raise StageError("quantize: no layer selected (layers/ignore/per_layer leave no Conv2d or "
+                         "Linear to quantize)")
+    wrap_layers(model, plans)
+    share_quantizers(model, shared_quantizer_groups(model, example))
+
+    smoothed: list[str] = []
+    if p.smoothquant is not None and act is not None:
+        groups = smooth_groups(model)
+        smooth(model, groups, input_channel_max(model, list(groups), batches()), p.smoothquant.alpha)
+        smoothed = list(groups)
+    calibrate_weights(model)
+    metrics["calibration_samples"] = calibrate_activations(model, batches(), total=n_batches)
+    if p.rounding.method == "comq":
+        metrics["comq_layers"] = len(round_weights(model, batches(), sweeps=p.rounding.sweeps))
+        calibrate_activations(model, batches(), total=n_batches, desc="recalibrate")
+
+    if p.keep_float:
+        from compressor.search.sensitivity import quantized_layer_drops
+
+        drops = quantized_layer_drops(model, task, samples=p.sensitivity_samples)
+        worst = sorted(drops, key=drops.get, reverse=True)[:p.keep_float]
+        for name in worst:
+            layer = model.get_submodule(name)
+            layer.weight_quantizer = layer.input_quantizer = None
+            plans.pop(name)
+        metrics["kept_float"] = worst
+        log(f"kept float (most sensitive): {', '.join(worst)}")
+    ties = shared_quantizer_groups(model, example)
+    state = {"pairs": [list(x) for x in pairs], "sites": [list(x) for x in sites],
+             "act": None if act is None else vars(act), "plans": {n: pl.to_dict() for n, pl in plans.items()},
+             "ties": ties, "smoothed": smoothed}
+    metrics["quantized_layers"] = len(plans)
+    return model, state, metrics
+
+
+def restore_quantized(model: nn.Module, state: dict[str, Any]) -> nn.Module:
+    """Rebuild the quantized architecture recorded by :func:`quantize_model` (weights load after)."""
+    apply_fold_structure(model, [tuple(x) for x in state["pairs"]])
+    if state["sites"]:
+        model = insert_add_quantizers(model, [tuple(x) for x in state["sites"]], TensorPlan(**state["act"]))
+    wrap_layers(model, {n: LayerPlan.from_dict(d) for n, d in state["plans"].items()})
+    share_quantizers(model, state["ties"])
+    for name in state["smoothed"]:
+        q = model.get_submodule(name)
+        layer = next(m for m in model.modules() if getattr(m, "input_quantizer", None) is q)
+        q.enable_smoothing(layer.weight.shape[1])
+    return model
+
+
+@register_stage("quantize")
+class Quantize(Stage):
+    Params = QuantizeParams
+
+    def __init__(self, params: QuantizeParams, name: str | None = None) -> None:
+        super().__init__(params, name)
+        self._state: dict[str, Any] = {}
+
+    def apply(self, ctx: Context) -> Context:
+        p: QuantizeParams = self.params
+        model, self._state, metrics = quantize_model(ctx.model, ctx.task, p,
+                                                     quant_rules=ctx.target.quant_rules, log=ctx.log)
+        ctx.model = model
+        ctx.stage_metrics.update(metrics)
+        ctx.stage_metrics["ptq_quality"] = ctx.task.evaluate(model)
+        if p.mode == "qat":
+            history = quantization_aware_training(
+                model, ctx.task, p.finetune, teacher=ctx.original, distill=p.distill,
+                temperature=p.temperature, learn_scales=p.learn_scales, seed=ctx.seed)
+            ctx.stage_metrics["quality_per_epoch"] = [round(q, 5) for q in history]
+        return ctx
+
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    @classmethod
+    def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:
+        return restore_quantized(model, state)
+

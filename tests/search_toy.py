@@ -1,0 +1,69 @@
+"""A test-only stage with a real per-layer quality/latency trade-off, so search tests need no
+other stage: each selected layer becomes the mean of ``repeat`` noisy copies of itself. More
+copies average the noise away (quality up) and cost more compute (latency up)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from compressor.context import Context
+from compressor.layers import LayerSelection, layer_value, select_layers
+from compressor.stages.base import STAGES, Stage, StageParams, register_stage
+
+
+class EnsembleParams(StageParams, LayerSelection):
+    repeat: int = Field(1, ge=1, le=8, description="Noisy copies averaged per layer.")
+    noise: float = Field(0.5, ge=0, description="Weight noise, in units of the weights' std.")
+
+    @model_validator(mode="after")
+    def _per_layer_fields(self) -> "EnsembleParams":
+        for selector, values in self.per_layer.items():
+            if set(values) - {"repeat", "noise"}:
+                raise ValueError(f"per_layer[{selector!r}]: only 'repeat' and 'noise' can be set per layer")
+        return self
+
+
+class NoisyEnsemble(nn.Module):
+    def __init__(self, layer: nn.Module, repeat: int) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(copy.deepcopy(layer) for _ in range(repeat))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([c(x) for c in self.copies]).mean(0)
+
+
+class Ensemble(Stage):
+    Params = EnsembleParams
+
+    def apply(self, ctx: Context) -> Context:
+        p: EnsembleParams = self.params
+        gen = torch.Generator().manual_seed(ctx.seed)
+        self.repeats = {}
+        for name, layer in select_layers(ctx.model, p).items():
+            repeat = layer_value(name, layer, "repeat", p.repeat, p.per_layer)
+            noise = layer_value(name, layer, "noise", p.noise, p.per_layer)
+            ensemble = NoisyEnsemble(layer, repeat)
+            with torch.no_grad():
+                for c in ensemble.copies:
+                    c.weight += noise * c.weight.std() * torch.randn(c.weight.shape, generator=gen)
+            ctx.model.set_submodule(name, ensemble)
+            self.repeats[name] = repeat
+        ctx.stage_metrics["repeats"] = dict(self.repeats)
+        return ctx
+
+    def state(self) -> dict[str, Any]:
+        return {"repeats": dict(self.repeats)}
+
+    @classmethod
+    def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:
+        for name, repeat in state["repeats"].items():
+            model.set_submodule(name, NoisyEnsemble(model.get_submodule(name), repeat))
+        return model
+
+
+if "ensemble" not in STAGES:
+    register_stage("ensemble")(Ensemble)

@@ -1,0 +1,292 @@
+"""Quantizers, observers, placement, ONNX Q/DQ export and the quantize stage."""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import compressor
+from compressor.export.onnx import export_onnx
+from compressor.export.qdq_rules import check_trt
+from compressor.export.runtime import ort_session
+from compressor.layers import LayerSelection
+from compressor.stages.quantize import TensorQuantizer, quantizers
+from compressor.stages.quantize.bnfold import find_conv_bn_pairs, fold_batchnorm
+from compressor.stages.quantize.calibrate import calibrate
+from compressor.stages.quantize.observers import make_observer
+from compressor.stages.quantize.placement import (TensorPlan, insert_add_quantizers, plan_layers,
+                                                   residual_adds, share_quantizers,
+                                                   shared_quantizer_groups, wrap_layers)
+from compressor.stages.quantize.rounding import comq_round
+from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
+
+
+def op_counts(path: Path, optimized: bool = False) -> Counter:
+    if optimized:
+        import onnxruntime as ort
+
+        out = path.with_suffix(".opt.onnx")
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        path = out
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+class Residual(nn.Module):
+    """conv-bn-relu, then a residual block (the Add that placement must quantize)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+        return self.head(y.mean((2, 3)))
+
+
+def quantize_residual(mode: str, seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = Residual().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+        model.stem[1].running_var.uniform_(0.5, 2)
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 3, 16, 16)
+    fold_batchnorm(model, find_conv_bn_pairs(model, (x,)))
+    act = TensorPlan(8, observer="minmax")
+    model = insert_add_quantizers(model, residual_adds(model, mode), act)
+    wrap_layers(model, plan_layers(model, LayerSelection(), TensorPlan(8), act, True))
+    share_quantizers(model, shared_quantizer_groups(model, (x,)))
+    calibrate(model, [(torch.randn(8, 3, 16, 16),) for _ in range(3)])
+    return model, reference, x
+
+
+# --------------------------------------------------------------------------- quantizers
+def test_int8_per_channel_matches_the_grid_and_stays_narrow() -> None:
+    w = torch.randn(6, 5) * torch.arange(1, 7)[:, None]
+    q = TensorQuantizer(8, axis=0, channels=6, narrow=True)
+    q.start_calibration()
+    q(w)
+    q.load_calibration()
+    out = q(w)
+    s = w.abs().amax(1, keepdim=True) / 127
+    assert torch.allclose(out, torch.round(w / s).clamp(-127, 127) * s, atol=1e-6)
+    q.set_amax(w.abs().amax(1) * 0.5)  # clipping: nothing may land on -128
+    assert (q(w) / (q.scale[:, None])).round().min() >= -127
+
+
+def test_int4_and_fp8_grids_and_lsq_gradient() -> None:
+    x = torch.linspace(-3, 3, 101)
+    q4 = TensorQuantizer(4, narrow=True)
+    q4.set_amax(torch.tensor(3.0))
+    assert len(torch.unique(q4(x))) == 15
+    fp8 = TensorQuantizer(8, fmt="fp8")
+    fp8.set_amax(torch.tensor(3.0))
+    y = fp8(x) / fp8.scale
+    assert torch.allclose(y, y.to(torch.float8_e4m3fn).float(), rtol=1e-5)
+    scale = q4.learnable()
+    q4.train()
+    q4(x * 2).pow(2).sum().backward()
+    assert scale.grad is not None and scale.grad.abs() > 0
+    q4.freeze()
+    assert "scale" in dict(q4.named_buffers())
+
+
+@pytest.mark.parametrize("name", ["minmax", "percentile", "mse", "entropy"])
+def test_observers_clip_outliers_except_minmax(name: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(20000)
+    x[:3] = 80.0  # a few outliers
+    obs = make_observer(name, None, percentile=99.9)
+    obs.update(x[:10000])
+    obs.update(x[10000:])
+    amax = float(obs.amax(127.0))
+    if name == "minmax":
+        assert amax == 80.0
+    elif name == "mse":  # 3 outliers cost more clipped than the rounding error they cause
+        assert 40.0 < amax < 80.0, amax
+    else:
+        assert 2.0 < amax < 40.0, amax
+
+
+def test_per_channel_mse_observer_clips_each_channel() -> None:
+    w = torch.randn(4, 512)
+    w[0, 0] = 40.0
+    amax = make_observer("mse", 0).__class__(0)
+    amax.update(w)
+    values = amax.amax(7.0)
+    assert values[0] < 40.0 and values.shape == (4,)
+
+
+# --------------------------------------------------------------------------- placement and export
+def test_bn_fold_keeps_the_function() -> None:
+    model, reference, x = quantize_residual("none")
+    for q in quantizers(model).values():
+        q.enabled = False
+    assert torch.allclose(model(x), reference(x), atol=1e-5)
+    assert isinstance(model.stem[1], nn.Identity)
+
+
+def test_ort_export_fuses_every_conv_into_int8_kernels(tmp_path: Path) -> None:
+    model, reference, x = quantize_residual("both")
+    path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"],
+                       dynamic_axes={"x": {0: "b"}})
+    fused = op_counts(path, optimized=True)
+    assert fused["QLinearConv"] == 3 and fused["Conv"] == 0, fused
+    out = ort_session(path).run(None, {"x": x.numpy()})[0]
+    expected = model(x).detach().numpy()
+    assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_tensorrt_export_quantizes_the_residual_and_follows_the_rules(tmp_path: Path) -> None:
+    model, _, x = quantize_residual("residual")
+    path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"],
+                       runtime="tensorrt")
+    graph = onnx.load(str(path))
+    assert check_trt(graph) == []
+    add = next(n for n in graph.graph.node if n.op_type == "Add")
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert "DequantizeLinear" in [producers.get(i) for i in add.input]
+    weights = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    assert len(weights) == 4  # every weight stored as int8
+
+
+def test_per_layer_bits_32_and_enabled_false_keep_layers_float() -> None:
+    model = Residual()
+    sel = LayerSelection(per_layer={"conv1": {"bits": 32, "act_bits": 32}, "head": {"enabled": False},
+                                    "conv2": {"bits": 4}})
+    plans = plan_layers(model, sel, TensorPlan(8), TensorPlan(8), True)
+    assert "conv1" not in plans and "head" not in plans
+    assert plans["conv2"].weight.bits == 4 and plans["stem.0"].weight.bits == 8
+
+
+# --------------------------------------------------------------------------- transformer outliers
+class TinyBlock(nn.Module):
+    """LayerNorm -> (q, k) Linears sharing the input; activations with an outlier channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(32)
+        self.q = nn.Linear(32, 32)
+        self.k = nn.Linear(32, 32)
+        with torch.no_grad():
+            self.ln.weight[3] = 60.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        return self.q(h) + self.k(h) + h
+
+
+def test_smoothquant_keeps_the_float_model_and_cuts_int8_error(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 8, 32),) for _ in range(4)]
+    x = data[0][0]
+    errors = {}
+    for use_smooth in (False, True):
+        model = TinyBlock().eval()
+        reference = model(x)
+        wrap_layers(model, plan_layers(model, LayerSelection(), TensorPlan(8),
+                                       TensorPlan(8, observer="minmax"), True))
+        share_quantizers(model, shared_quantizer_groups(model, (x,)))
+        assert model.q.input_quantizer is model.k.input_quantizer
+        if use_smooth:
+            groups = smooth_groups(model)
+            assert list(groups.values()) == [["q", "k"]]
+            smooth(model, groups, input_channel_max(model, list(groups), data), alpha=0.5)
+            for q in quantizers(model).values():
+                q.enabled = False
+            assert torch.allclose(model(x), reference, atol=1e-4)
+            for q in quantizers(model).values():
+                q.enabled = True
+        calibrate(model, data)
+        errors[use_smooth] = float((model(x) - reference).detach().pow(2).mean())
+    assert errors[True] < 0.5 * errors[False], errors
+    # the smoothing factors export as one multiply in front of the shared Q/DQ pair
+    path = export_onnx(model, (x,), tmp_path / "s.onnx", input_names=["x"], output_names=["y"])
+    assert op_counts(path)["Mul"] == 1
+    out = ort_session(path).run(None, {"x": x.numpy()})[0]
+    assert np.abs(out - model(x).detach().numpy()).max() < 1e-3 * np.abs(out).max() + 1e-4
+
+
+def test_comq_rounding_beats_nearest_on_the_layer_output() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(512, 6) @ torch.randn(6, 24) + 0.1 * torch.randn(512, 24)  # correlated inputs
+    w = torch.randn(16, 24)
+    scale = w.abs().amax(1) / 7
+    nearest = torch.clamp(torch.round(w / scale[:, None]), -7, 7) * scale[:, None]
+    comq = comq_round(w, scale, x.T @ x, -7, 7)
+    assert torch.allclose(comq / scale[:, None], (comq / scale[:, None]).round(), atol=1e-4)
+    err = lambda q: float((x @ (w - q).T).pow(2).sum())  # noqa: E731
+    assert err(comq) < 0.8 * err(nearest)
+
+
+# --------------------------------------------------------------------------- the stage
+def _recipe(stages: list[dict], target: str = "cpu-x86") -> dict:
+    return {"name": "q", "model": {"zoo": "digits_cnn"}, "target": target, "data": {"batch_size": 128},
+            "report": {"latency": "off"}, "stages": stages}
+
+
+@pytest.mark.slow
+def test_ptq_stage_exports_qdq_and_checkpoint_restores(tmp_path: Path) -> None:
+    report = compressor.run(_recipe([
+        {"quantize": {"activations": {"observer": "percentile"}, "per_layer": {"classifier": {"bits": 32}}}},
+        {"export": {"simplify": False, "parity": {"atol": 0.5, "min_cosine": 0.99}}}], target="jetson-orin"),
+        run_dir=tmp_path / "run")
+    base, row = report.rows[0], report.rows[1]
+    assert row["quality"] >= base["quality"] - 0.02
+    assert row["size_bytes"] < 0.4 * base["size_bytes"]
+    graph = onnx.load(report.artifacts["onnx"])
+    assert op_counts(Path(report.artifacts["onnx"]))["DequantizeLinear"] > 0
+    assert check_trt(graph) == []
+    ckpt = Path(report.run_dir) / "checkpoints" / "01-quantize.pt"
+    restored = compressor.load_model(ckpt)
+    assert restored.classifier.weight_quantizer is None
+    x = torch.rand(16, 1, 8, 8)
+    from compressor.checkpoint import restore
+
+    again = restore(ckpt)
+    assert torch.equal(restored(x), again(x))
+    assert float(restored.features[0][0].input_quantizer.scale) != 1.0
+
+
+@pytest.mark.slow
+def test_qat_int4_weights_trains_scales_and_restores(tmp_path: Path) -> None:
+    report = compressor.run(_recipe([{"quantize": {
+        "mode": "qat", "weights": {"bits": 4}, "rounding": {"method": "comq"}, "distill": 0.5,
+        "finetune": {"epochs": 1, "lr": 1e-4, "max_steps_per_epoch": 3}}}]), run_dir=tmp_path / "run")
+    row = report.rows[1]
+    assert len(row["quality_per_epoch"]) == 2 and row["comq_layers"] == 4
+    model = compressor.load_model(Path(report.run_dir) / "checkpoints" / "01-quantize.pt")
+    w = model.features[0][0]
+    levels = torch.round(w.weight_quantizer(w.weight) / w.weight_quantizer.scale[:, None, None, None])
+    assert levels.abs().max() <= 7
+    assert not any(isinstance(p, nn.Parameter) for p in w.weight_quantizer.buffers())
+
+
+def test_sensitivity_command_writes_table_and_plot(tmp_path: Path) -> None:
+    import yaml
+
+    from compressor.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe([{"quantize": {"weights": {"bits": 2}}}])))
+    assert main(["sensitivity", str(recipe), "--samples", "32", "--out", str(tmp_path / "s")]) == 0
+    import json
+
+    drops = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["drops"]
+    assert set(drops) == {"features.0.0", "features.1.0", "features.3.0", "classifier"}
+    assert max(drops.values()) > 0
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
