@@ -22,6 +22,7 @@ from compressor.stages.codebook.kmeans import kmeans, nearest
 from compressor.stages.codebook.modules import codebook_layer
 from compressor.stages.codebook.packing import pack_indices, unpack_indices
 from compressor.stages.codebook.product import quantize
+from compressor.zoo import build_model
 
 
 def _codebook_recipe(**params) -> dict:
@@ -119,14 +120,14 @@ def test_stage_compresses_restores_and_packs_exactly(tmp_path: Path) -> None:
     packed = Path(report.artifacts["codebook"])
     assert packed.stat().st_size == row["packed_file_bytes"]
     assert packed.stat().st_size < 1.1 * s["total_bytes"]   # the header is all the file adds
-    reloaded = load_packed(packed, compressor.zoo.build_model("digits_cnn"))
+    reloaded = load_packed(packed, build_model("digits_cnn"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, reloaded.state_dict()[key]), key
     assert sum(isinstance(m, CodebookLayer) for m in model.modules()) == 4
 
 
 def test_refresh_learns_assignments_and_drops_latents(tmp_path: Path) -> None:
-    base = compressor.zoo.build_model("digits_cnn")
+    base = build_model("digits_cnn")
     q = quantize(base.classifier.weight, 8)
     report, model = _run(tmp_path, assignments="refresh", layers=["classifier"],
                          finetune={"epochs": 1, "max_steps_per_epoch": 5, "lr": 0.01, "keep_best": False})
