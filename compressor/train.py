@@ -5,19 +5,23 @@ import copy
 from typing import Callable, Iterable, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from compressor.stages.base import StageParams
 from compressor.task import Task
 
 #: loss(model, inputs, target) -> scalar loss
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
 
 
-class TrainParams(StageParams):
-    """Fine-tuning settings; embedded by every stage that trains."""
+class TrainParams(BaseModel):
+    """Fine-tuning settings; embedded by every stage that trains.
+
+    A plain pydantic model (not ``StageParams``) so this module imports without the stage registry.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     epochs: NonNegativeInt = Field(1, description="Passes over the training split (0: no training).")
     lr: PositiveFloat = 1e-3
