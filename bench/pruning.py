@@ -15,13 +15,10 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm
 
-import argparse  # noqa: E402
 import copy  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 import compressor  # noqa: E402
 from compressor.export.bench import interleaved  # noqa: E402
@@ -30,23 +27,7 @@ from compressor.export.runtime import feeds, ort_session  # noqa: E402
 from compressor.export.sparsity import semi_structured_report  # noqa: E402
 from compressor.recipe import load_recipe  # noqa: E402
 from compressor.sources import load_model  # noqa: E402
-from docsection import table, write_section  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "pruning.md"
-COMMAND = ".venv/bin/python bench/pruning.py"
-SECTIONS = ("digits", "importance", "latency", "sparse")
-
-
-def _recipe(name: str) -> dict:
-    data = yaml.safe_load((ROOT / "recipes" / name).read_text())
-    data["report"] = {"latency": "off"}
-    return data
-
-
-def _run(recipe: dict, stages: list[dict], out: Path) -> compressor.Report:
-    recipe = {**copy.deepcopy(recipe), "stages": stages}
-    return compressor.run(recipe, run_dir=out, overwrite=True)
+from recipebench import last_checkpoint, main, recipe, run, table  # noqa: E402
 
 
 def _ratio(value: float, base: float) -> str:
@@ -54,18 +35,17 @@ def _ratio(value: float, base: float) -> str:
 
 
 def digits(tmp: Path) -> str:
-    recipe = _recipe("prune_distill_digits_cnn.yaml")
-    prune, distill = recipe["stages"][0], recipe["stages"][1]
+    base_recipe = recipe("prune_distill_digits_cnn.yaml")
+    prune, distill = base_recipe["stages"][0], base_recipe["stages"][1]
     train = distill["distill"]["finetune"]
     hints = copy.deepcopy(distill)
     hints["distill"]["features"] = {"weight": 1.0, "layers": ["features.1", "features.3"]}
     variants = {"pruned, no training": [prune], "+ fine-tune (task loss)": [prune, {"finetune": train}],
                 "+ distill (logit KD, T=4)": [prune, distill], "+ distill (KD + feature hints)": [prune, hints]}
-    rows, base = [], None
-    for label, stages in variants.items():
-        report = _run(recipe, stages, tmp / f"digits-{len(rows)}")
-        base = report.rows[0]
-        last = report.rows[-1]
+    rows = []
+    for i, (label, stages) in enumerate(variants.items()):
+        report = run(base_recipe, stages, tmp / f"digits-{i}")
+        base, last = report.rows[0], report.rows[-1]
         rows.append([label, f"{last['quality']:.4f}", f"{last['quality'] / base['quality']:.1%}",
                      _ratio(last["params"], base["params"]), _ratio(last["macs"], base["macs"])])
     rows.insert(0, ["fp32 (unpruned)", f"{base['quality']:.4f}", "100.0%", "1.00x", "1.00x"])
@@ -76,12 +56,12 @@ def digits(tmp: Path) -> str:
 
 
 def importance(tmp: Path) -> str:
-    recipe = _recipe("prune_distill_digits_cnn.yaml")
+    base_recipe = recipe("prune_distill_digits_cnn.yaml")
     rows = []
     for criterion in ("l1", "l2", "bn_scale", "taylor", "random"):
         stages = [{"prune": {"importance": criterion, "sparsity": 0.5, "round_to": 8}},
                   {"finetune": {"epochs": 2, "lr": 0.003}}]
-        report = _run(recipe, stages, tmp / f"importance-{criterion}")
+        report = run(base_recipe, stages, tmp / f"importance-{criterion}")
         rows.append([criterion, f"{report.rows[1]['quality']:.4f}", f"{report.rows[2]['quality']:.4f}"])
     return ("Importance criteria on digits_cnn at 50% channels: accuracy right after pruning and "
             "after 2 fine-tuning epochs.\n\n" + table(["importance", "pruned", "+ 2 epochs"], rows))
@@ -90,20 +70,17 @@ def importance(tmp: Path) -> str:
 def latency(tmp: Path) -> str:
     rows = []
     for zoo in ("resnet18", "mobilenet_v2"):
-        recipe = _recipe(f"prune_distill_{zoo}.yaml")
-        prune = copy.deepcopy(recipe["stages"][0])
-        prune["prune"].pop("finetune", None)
-        report = _run(recipe, [prune], tmp / f"latency-{zoo}")
-        base_row, pruned_row = report.rows[0], report.rows[-1]
-        base = load_model(load_recipe(recipe).model)
-        pruned = compressor.load_model(sorted((Path(report.run_dir) / "checkpoints").glob("*.pt"))[-1])
-        x, sessions = (torch.randn(1, 3, 224, 224),), {}
-        for label, model in (("unpruned", base), ("pruned", pruned)):
-            path = export_onnx(model, x, tmp / f"{zoo}-{label}.onnx", input_names=["image"], output_names=["logits"])
-            session = ort_session(path)
-            feed = feeds(session, x)
-            sessions[label] = (lambda s=session, f=feed: s.run(None, f))
-        lat = interleaved(sessions, warmup=5, iterations=60, rounds=6)
+        base_recipe = recipe(f"prune_distill_{zoo}.yaml")
+        report = run(base_recipe, base_recipe["stages"][:1], tmp / f"latency-{zoo}")
+        base_row, pruned_row = report.rows
+        models = {"unpruned": load_model(load_recipe(base_recipe).model),
+                  "pruned": compressor.load_model(last_checkpoint(report))}
+        x, calls = (torch.randn(1, 3, 224, 224),), {}
+        for label, model in models.items():
+            session = ort_session(export_onnx(model, x, tmp / f"{zoo}-{label}.onnx", input_names=["image"],
+                                              output_names=["logits"]))
+            calls[label] = (lambda s=session, f=feeds(session, x): s.run(None, f))
+        lat = interleaved(calls, warmup=5, iterations=60, rounds=6)
         rows.append([zoo, f"{base_row['params'] / 1e6:.2f}M -> {pruned_row['params'] / 1e6:.2f}M",
                      f"{base_row['macs'] / 1e9:.2f}G -> {pruned_row['macs'] / 1e9:.2f}G",
                      f"{lat['unpruned'].p50_ms:.2f} -> {lat['pruned'].p50_ms:.2f}",
@@ -115,18 +92,17 @@ def latency(tmp: Path) -> str:
 
 
 def sparse(tmp: Path) -> str:
-    recipe = _recipe("prune_distill_digits_cnn.yaml")
+    base_recipe = recipe("prune_distill_digits_cnn.yaml")
     train = {"epochs": 2, "lr": 0.001}
     variants = {"unstructured 50%": {"method": "unstructured", "sparsity": 0.5},
                 "unstructured 80% (global)": {"method": "unstructured", "sparsity": 0.8, "global_ranking": True},
                 "2:4": {"method": "2:4"}}
     rows = []
-    for label, params in variants.items():
-        report = _run(recipe, [{"prune": {**params, "finetune": train}}], tmp / f"sparse-{len(rows)}")
-        base, row = report.rows[0], report.rows[-1]
-        model = compressor.load_model(sorted((Path(report.run_dir) / "checkpoints").glob("*.pt"))[-1])
-        path = export_onnx(model, (torch.rand(2, 1, 8, 8),), tmp / f"sparse-{len(rows)}.onnx",
-                           input_names=["image"], output_names=["logits"])
+    for i, (label, params) in enumerate(variants.items()):
+        report = run(base_recipe, [{"prune": {**params, "finetune": train}}], tmp / f"sparse-{i}")
+        base, row = report.rows
+        path = export_onnx(compressor.load_model(last_checkpoint(report)), (torch.rand(2, 1, 8, 8),),
+                           tmp / f"sparse-{i}.onnx", input_names=["image"], output_names=["logits"])
         checked = semi_structured_report(path)
         rows.append([label, f"{row['quality']:.4f} ({base['quality']:.4f})", f"{row['weight_sparsity']:.2f}",
                      _ratio(row["size_bytes"], base["size_bytes"]), f"{row['sparse_weight_ratio']:.2f}x",
@@ -138,17 +114,6 @@ def sparse(tmp: Path) -> str:
             + table(["method", "accuracy (fp32)", "weight sparsity", "size", "sparse weights", "ONNX 2:4"], rows))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
-    args = parser.parse_args()
-    funcs = {"digits": digits, "importance": importance, "latency": latency, "sparse": sparse}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only.split(","):
-            body = funcs[name](Path(tmp))
-            write_section(DOC, f"pruning-{name}", f"{body}\n\nMeasured with `{COMMAND} --only {name}`.")
-            print(body, flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main("docs/pruning.md", __file__,
+         {"digits": digits, "importance": importance, "latency": latency, "sparse": sparse}, __doc__)

@@ -12,7 +12,7 @@ from compressor.errors import StageError
 from compressor.hf import encoder_layers
 from compressor.stages.distill.losses import AttentionRelations, FeatureHints, output_loss
 from compressor.zoo.digits import DigitsCNN
-from test_prune_transformer import _inputs, _prune, tiny_embedder
+from tiny_bert import prune_all, tiny_embedder, token_inputs
 
 PRUNE = {"prune": {"sparsity": 0.5, "round_to": 8}}
 QUICK = {"epochs": 2, "lr": 0.003, "max_steps_per_epoch": 6}
@@ -59,13 +59,13 @@ def test_feature_hints_project_narrow_student_features_and_train_the_projection(
 
 def test_minilm_relations_vanish_for_the_teacher_and_teach_a_head_pruned_student() -> None:
     teacher = tiny_embedder()
-    ids, mask = _inputs()
+    ids, mask = token_inputs()
     same = AttentionRelations(encoder_layers(teacher), encoder_layers(teacher), {0: 0, 1: 1}, ["qk", "vv"], 4)
     teacher(ids, mask)
     assert same.loss(mask) < 1e-6
     same.remove()
     student = copy.deepcopy(teacher)
-    _prune(student, "heads", 0.5)  # 2 heads of 8 dims left; relations use 4 heads of the 16 dims
+    prune_all(student, "heads", 0.5)  # 2 heads of 8 dims left; relations use 4 heads of the 16 dims
     relations = AttentionRelations(encoder_layers(student), encoder_layers(teacher), {1: 1}, ["qk", "vv"], 4)
     with torch.no_grad():
         teacher(ids, mask)

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from compressor.errors import StageError
 from compressor.export.onnx import export_onnx
@@ -17,57 +15,24 @@ from compressor.stages.prune import Prune
 from compressor.stages.prune.importance import build_importance
 from compressor.stages.prune.structured import input_spec
 from compressor.stages.prune.transformer import prune_transformer
-
-
-class Embedder(nn.Module):
-    """Mean-pooled, normalised sentence embedding over a Hugging Face encoder at ``.encoder``."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-
-
-def tiny_embedder() -> Embedder:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
-    return Embedder(BertModel(config, add_pooling_layer=False)).eval()
-
-
-def _inputs(batch: int = 3, length: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.randint(1, 64, (batch, length))
-    mask = torch.ones_like(ids)
-    mask[1:, length // 2:] = 0
-    return ids, mask
-
-
-def _prune(model: nn.Module, unit: str, ratio: float = 0.5, round_to: int | None = None) -> list:
-    layers = {(l.ffn_name if unit == "ffn" else l.attention_name): l for l in encoder_layers(model)}
-    return prune_transformer(model, _inputs(1), unit=unit, layers=layers,
-                             ratios={n: ratio for n in layers}, importance=build_importance("l2"),
-                             round_to=round_to, steps=1, before_step=lambda: None,
-                             after_step=lambda step: None)
+from compressor.zoo.minilm import SentenceEmbedder
+from tiny_bert import prune_all, tiny_embedder, token_inputs
 
 
 def test_ffn_pruning_keeps_config_consistent_and_round_trips_save_pretrained(tmp_path: Path) -> None:
     model = tiny_embedder()
-    _prune(model, "ffn", 0.6, round_to=8)
+    prune_all(model, "ffn", 0.6, round_to=8)
     assert [l.ffn_up.out_features for l in encoder_layers(model)] == [24, 24]  # 64 * 0.4 -> 24
     assert model.encoder.config.intermediate_size == 24
-    x = _inputs()
+    x = token_inputs()
     model.encoder.save_pretrained(tmp_path / "hf")
-    reloaded = Embedder(BertModel.from_pretrained(tmp_path / "hf", attn_implementation="eager")).eval()
+    reloaded = SentenceEmbedder(BertModel.from_pretrained(tmp_path / "hf", attn_implementation="eager")).eval()
     assert torch.allclose(reloaded(*x), model(*x), atol=1e-6)
 
 
 def test_head_pruning_updates_attention_modules_exports_and_replays(tmp_path: Path) -> None:
-    model, x = tiny_embedder(), _inputs()
-    history = _prune(model, "heads", 0.5)
+    model, x = tiny_embedder(), token_inputs()
+    history = prune_all(model, "heads", 0.5)
     for layer in encoder_layers(model):
         attention = layer.attention
         assert (attention.num_attention_heads, attention.attention_head_size, attention.all_head_size) == (2, 8, 16)
@@ -80,7 +45,7 @@ def test_head_pruning_updates_attention_modules_exports_and_replays(tmp_path: Pa
                        dynamic_axes={"input_ids": {0: "b"}, "attention_mask": {0: "b"}})
     assert onnx_parity(model, path, x).cosine > 0.9999
     rebuilt = Prune.restore(tiny_embedder(), {"method": "heads", "history": history,
-                                              "inputs": input_spec(_inputs(1))})
+                                              "inputs": input_spec(token_inputs(1))})
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.eval()(*x), out)
     assert rebuilt.encoder.encoder.layer[0].attention.self.num_attention_heads == 2
@@ -94,7 +59,7 @@ def test_removed_heads_are_the_least_important() -> None:
             linear.weight[8:16] *= 1e-3
             linear.weight[24:32] *= 1e-3
     kept = attention.value.weight[torch.cat([torch.arange(0, 8), torch.arange(16, 24)])].clone()
-    _prune(model, "heads", 0.5)
+    prune_all(model, "heads", 0.5)
     assert torch.equal(attention.value.weight, kept)
 
 
@@ -102,6 +67,6 @@ def test_bn_scale_has_nothing_to_score_in_a_transformer() -> None:
     model = tiny_embedder()
     layers = {l.ffn_name: l for l in encoder_layers(model)}
     with pytest.raises(StageError, match="no score"):
-        prune_transformer(model, _inputs(1), unit="ffn", layers=layers, ratios={n: 0.5 for n in layers},
+        prune_transformer(model, token_inputs(1), unit="ffn", layers=layers, ratios={n: 0.5 for n in layers},
                           importance=build_importance("bn_scale"), round_to=None, steps=1,
                           before_step=lambda: None, after_step=lambda step: None)

@@ -98,10 +98,10 @@ class Distill(Stage):
                 loss = p.kd.weight * output_loss(s_out, t_out, kind, p.kd.temperature) if p.kd.weight else 0
                 if p.task_weight:
                     loss = loss + p.task_weight * task.loss(s_out, target)
+                mask = inputs[mask_index] if mask_index is not None else None
                 if hints is not None:
-                    loss = loss + p.features.weight * hints.loss()
+                    loss = loss + p.features.weight * hints.loss(mask)
                 if relations is not None:
-                    mask = inputs[mask_index] if mask_index is not None else None
                     loss = loss + p.attention.weight * relations.loss(mask)
                 return loss
 

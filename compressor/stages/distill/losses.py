@@ -86,14 +86,20 @@ class FeatureHints(nn.Module):
                 self.projections[_key(s_name)] = (nn.Conv2d(s_width, t_width, 1, bias=False) if conv
                                                   else nn.Linear(s_width, t_width, bias=False))
 
-    def loss(self) -> Tensor:
-        """The hint loss of the last student and teacher forward passes."""
+    def loss(self, mask: Tensor | None = None) -> Tensor:
+        """The hint loss of the last student and teacher forward passes.
+
+        ``mask`` (batch, tokens), e.g. an attention mask, keeps padded tokens of (batch, tokens,
+        width) features out of the loss: they never reach a pooled embedding.
+        """
         losses = []
         for s_name, t_name in self.layer_map.items():
             s = self._student.outputs[s_name]
             if _key(s_name) in self.projections:
                 s = self.projections[_key(s_name)](s)
             t = self._teacher.outputs[t_name].detach()
+            if mask is not None and s.dim() == 3 and s.shape[:2] == mask.shape:
+                s, t = s[mask.bool()], t[mask.bool()]  # (tokens, width)
             losses.append(F.mse_loss(s, t) if self.kind == "mse"
                           else (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean())
         return torch.stack(losses).mean()

@@ -1,0 +1,69 @@
+"""Helpers for bench scripts that run recipes and write their figures into a doc section.
+
+A doc keeps its prose; the script owns the text between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->`` (appended when the markers are missing), so figures are never typed by
+hand and always sit next to the command that produced them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+import compressor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(name: str) -> dict:
+    """A recipe from recipes/ as a dict, with per-stage latency off (benches time interleaved)."""
+    data = yaml.safe_load((ROOT / "recipes" / name).read_text())
+    data["report"] = {"latency": "off"}
+    return data
+
+
+def run(base: dict, stages: list[dict], out: Path) -> compressor.Report:
+    """Run ``base`` with its stages replaced by ``stages``."""
+    return compressor.run({**copy.deepcopy(base), "stages": stages}, run_dir=out, overwrite=True)
+
+
+def last_checkpoint(report: compressor.Report) -> Path:
+    return sorted((Path(report.run_dir) / "checkpoints").glob("*.pt"))[-1]
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(doc: str, script: str, sections: dict[str, Callable[[Path], str]], description: str | None) -> None:
+    """Command line of a bench script: run the chosen sections, each written to ``doc`` under its
+    own markers together with the command that reproduces it."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(sections), help="comma-separated sections to run")
+    args = parser.parse_args()
+    stem = Path(script).stem
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            body = sections[name](Path(tmp))
+            command = f".venv/bin/python bench/{stem}.py --only {name}"
+            write_section(ROOT / doc, f"{stem}-{name}", f"{body}\n\nMeasured with `{command}`.")
+            print(body, flush=True)
