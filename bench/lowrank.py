@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from docsection import table, write_section  # noqa: E402
+from recipebench import table, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "lowrank.md"
 COMMAND = ".venv/bin/python bench/lowrank.py"
