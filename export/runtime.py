@@ -9,11 +9,15 @@ from torch import Tensor
 
 
 def ort_session(path: str | Path, threads: int | None = None,
-                optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                ) -> ort.InferenceSession:
+                optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                spinning: bool = False) -> ort.InferenceSession:
+    """A CPU session. Thread spinning is off by default: variants are timed in turns in one
+    process, and an idle session whose pool keeps spinning steals cores from the one being timed
+    (on 2 cores this more than doubled a pruned ResNet-18's latency; see docs/pruning.md)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = optimization
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
