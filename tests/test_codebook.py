@@ -136,6 +136,18 @@ def test_refresh_learns_assignments_and_drops_latents(tmp_path: Path) -> None:
     assert report.rows[-1]["layers"] == 1
 
 
+def test_joint_learning_leaves_the_dense_weight_alone() -> None:
+    dense = nn.Linear(8, 4)
+    before = dense.weight.detach().clone()
+    layer = codebook_layer(dense, 4, 1, False)
+    layer.load_quantized(quantize(dense.weight, 4))
+    layer.begin_joint(dense.weight.detach())
+    layer(torch.randn(2, 8)).square().sum().backward()
+    torch.optim.SGD([layer.latent], lr=1.0).step()
+    assert not torch.equal(layer.latent.detach().flatten(), before.flatten())
+    assert torch.equal(dense.weight, before)
+
+
 def test_int8_grid_survives_an_int8_weight_quantizer(tmp_path: Path) -> None:
     report, model = _run(tmp_path, int8_grid=True, clusters=16, materialize=True)
     assert not any(isinstance(m, CodebookLayer) for m in model.modules())   # plain layers for Q/DQ

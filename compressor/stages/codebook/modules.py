@@ -78,7 +78,9 @@ class CodebookLayer(nn.Module):
         """Learn assignments too: keep ``dense`` (normalised) as latent sub-vectors that follow
         the gradient, each mapped to its nearest codeword in every forward pass."""
         scale = self.scale.detach() if self.scale is not None else None
-        self.latent = nn.Parameter(normalized_subvectors(dense, self.dim, scale))
+        # A copy: without a per-row scale the sub-vectors are a view of ``dense``, which
+        # training would otherwise overwrite in place.
+        self.latent = nn.Parameter(normalized_subvectors(dense, self.dim, scale).clone())
 
     def end_joint(self) -> None:
         """Fix the final assignments and drop the latent sub-vectors."""
