@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Literal
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
@@ -30,6 +31,9 @@ class TrainParams(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     batch_size: PositiveInt | None = Field(None, description="Default: the recipe's data.batch_size.")
     max_steps_per_epoch: PositiveInt | None = Field(None, description="Cap for quick runs and search.")
+    dropout: bool = Field(True, description="False: dropout probability 0 while training. Where the "
+                          "target is the original model's own output (fidelity), dropout only adds "
+                          "noise to a deterministic target.")
     keep_best: bool = Field(True, description="Restore the weights of the best epoch (the starting "
                                               "weights count as epoch 0).")
 
@@ -57,28 +61,29 @@ def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn 
              if params.schedule == "cosine" else None)
     best_quality, best_state = history[0], copy.deepcopy(model.state_dict())
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    for epoch in range(params.epochs):
-        model.train()
-        loader = task.loader("train", batch_size=params.batch_size, seed=seed + epoch)
-        for step, batch in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            inputs, target = task.split(batch)
-            loss = loss_fn(model, inputs, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if after_step is not None:
-                after_step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        quality = task.evaluate(model)
-        history.append(quality)
-        bar.set_postfix(quality=f"{quality:.4f}")
-        if quality > best_quality:
-            best_quality, best_state = quality, copy.deepcopy(model.state_dict())
+    with _dropout(model, params.dropout):
+        for epoch in range(params.epochs):
+            model.train()
+            loader = task.loader("train", batch_size=params.batch_size, seed=seed + epoch)
+            for step, batch in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                inputs, target = task.split(batch)
+                loss = loss_fn(model, inputs, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if after_step is not None:
+                    after_step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            quality = task.evaluate(model)
+            history.append(quality)
+            bar.set_postfix(quality=f"{quality:.4f}")
+            if quality > best_quality:
+                best_quality, best_state = quality, copy.deepcopy(model.state_dict())
     bar.close()
     if params.keep_best:
         model.load_state_dict(best_state)
@@ -91,3 +96,21 @@ def _optimizer(params: TrainParams, parameters: list[nn.Parameter]) -> torch.opt
         return torch.optim.SGD(parameters, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
     cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     return cls(parameters, lr=params.lr, weight_decay=params.weight_decay)
+
+
+@contextmanager
+def _dropout(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Dropout as the model has it, or probability 0 for the duration (restored afterwards).
+
+    Sets ``p`` rather than switching the modules to eval: attention implementations (e.g. Hugging
+    Face BERT) read ``self.dropout.p`` under their own ``training`` flag.
+    """
+    layers = [] if enabled else [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    saved = [m.p for m in layers]
+    for m in layers:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, saved):
+            m.p = p
