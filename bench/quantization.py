@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             section = fn()
             command = f"python bench/quantization.py --only {name} --samples {args.samples}"
             block = (f"{section}\n\nMeasured with `{command}` ({time.time() - start:.0f} s; "
-                     f"{platform.machine()}, {THREADS} ORT threads, torch {torch.__version__}; "
+                     f"{platform.machine()}, {THREADS} ORT threads unless the table says otherwise, torch {torch.__version__}; "
                      "medians of interleaved runs).")
             print(block + "\n", flush=True)
             begin, end = f"<!-- BENCH:{name}:BEGIN -->", f"<!-- BENCH:{name}:END -->"
