@@ -54,7 +54,7 @@ def test_stage_factorises_restores_and_exports_plain_layers(tmp_path: Path) -> N
     row = report.rows[1]
     assert row["ranks"] == {"features.3.0": 64, "classifier": 3}   # half of min(128, 64*3*3)
     assert row["params"] < report.rows[0]["params"]
-    assert row["quality"] >= row["quality_factorized"] > 0.1
+    assert row["quality"] >= row["quality_factorized"] - 1e-5 and row["quality_factorized"] > 0.1  # metric rounded to 5 places
     ckpt = Path(report.run_dir) / "checkpoints" / "01-lowrank.pt"
     model = compressor.load_model(ckpt)
     assert isinstance(model.classifier, nn.Sequential) and model.classifier[0].out_features == 3

@@ -60,26 +60,36 @@ class DigitsCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+#: The seed of torch's default generator in a fresh process.
+TORCH_DEFAULT_SEED = 67280421310721
+
+
 @register_model("digits_cnn", dataset="digits", weights="trained on first use (cached)",
                 description="94k-parameter CNN on sklearn digits (~99% held-out accuracy)")
 def digits_cnn(pretrained: bool = True, width: int = 32) -> DigitsCNN:
-    model = DigitsCNN(width)
-    if not pretrained:
-        return model
     path = cache_dir() / f"digits_cnn_w{width}_v1.pt"
+    if not pretrained:
+        return DigitsCNN(width)
     if path.exists():
+        model = DigitsCNN(width)
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        _train(model)
+        # The initial weights come from a fixed seed too, not from whatever the caller's process
+        # drew before (the cache is written on first use, which may be inside a test run). The
+        # seed is torch's own default, so the weights are those the figures in docs/ measured.
+        with torch.random.fork_rng():
+            torch.manual_seed(TORCH_DEFAULT_SEED)
+            model = DigitsCNN(width)
+            _train(model)
         save_torch(path, model.state_dict())
     return model.eval()
 
 
 def _train(model: DigitsCNN, epochs: int = 30, seed: int = 0) -> None:
-    """Adam + cosine schedule with light shift augmentation; deterministic for a given seed."""
+    """Adam + one-cycle schedule with light shift augmentation; the batch order and shifts come
+    from ``seed``."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(seed)
     train, _ = digits_tensors()
     x, y = train.tensors
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
