@@ -2,14 +2,17 @@
 
 The TorchScript exporter writes each quantizer as QuantizeLinear -> DequantizeLinear, weights
 included, and one pair per *call* (a quantizer shared by three Linears gives three pairs). These
-passes turn that into the graph ONNX Runtime's own quantizer writes and TensorRT expects:
+passes turn that into one graph that TensorRT parses and ONNX Runtime runs as int8 kernels:
 - ``fold_weight_quantizers``: Q(constant float weight) becomes an int8 initializer (4x smaller
   file, no Q at run time) read by its DequantizeLinear, clipped to the narrow range [-127, 127]
   that TensorRT requires of weights (the fake quantizer clips the same way in PyTorch);
 - ``dedupe_qdq``: identical Q (and DQ) nodes on the same tensor become one;
-- ``quantize_biases`` (ONNX Runtime): a Conv/Gemm fuses into QLinearConv/QGemm only when every
-  input comes from a DequantizeLinear, so float biases become int32 with scale
-  input_scale * weight_scale, as ONNX Runtime's own quantizer writes them;
+- ``fold_weight_transposes``: a Linear exports as DQ(int8 weight) -> Transpose -> MatMul; the
+  initializer is stored transposed instead (per-channel axis swapped), one node less per layer;
+- ``pack_parallel_matmuls`` (ONNX Runtime): MatMuls that read one tensor (a transformer's Q, K
+  and V projections) become one MatMul on the concatenated int8 weights, one bias Add and a
+  Split: one Q, one int8 kernel and one Add instead of three of each (ORT's Attention fusion does
+  the same for fp32 graphs but does not match Q/DQ ones; bench/quantization.py measures it);
 - ``requantize_before`` (ONNX Runtime): with zero point 0, Q(Relu(x)) == Q(Relu(DQ(Q(x)))), so a
   copy of the Q/DQ pair above each Relu/MaxPool changes no value and gives the Conv/Add before it
   the output Q that fusion needs (TensorRT fuses Conv+Relu itself; not applied there);
@@ -18,6 +21,13 @@ passes turn that into the graph ONNX Runtime's own quantizer writes and TensorRT
   QLinearConv only when its input pair is private, and merges pairs with the same scale
   initializer. On ResNet-18 this turns 9 of 20 convs into QLinearConv -> all 20
   (bench/quantization.py measures the latency).
+
+Biases stay float on purpose. ONNX Runtime fuses a Conv/Gemm only when its bias comes from an
+int32 DequantizeLinear, but since 1.21 its ``WeightBiasQuantization`` graph transformer writes that
+int32 bias itself when the session loads (scale = input scale x weight scale, as its own quantizer
+would); TensorRT's parser refuses an int32 DequantizeLinear ("only activation types allowed as
+input to this layer"). Float biases serve both, so every pass here is within TensorRT's rules
+and ``runtime`` only decides whether the ORT-specific (value-preserving) passes run.
 """
 from __future__ import annotations
 
@@ -36,8 +46,9 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime") -> onn
     _constants_to_initializers(model)
     fold_weight_quantizers(model)
     dedupe_qdq(model)
+    fold_weight_transposes(model)
     if runtime == "onnxruntime":
-        quantize_biases(model)
+        pack_parallel_matmuls(model)
         requantize_before(model)
         split_shared_qdq(model)
     _drop_unused_initializers(model)
@@ -108,36 +119,100 @@ def dedupe_qdq(model: onnx.ModelProto) -> int:
     return removed
 
 
-def quantize_biases(model: onnx.ModelProto) -> int:
-    """Float Conv/Gemm biases -> int32 initializer + DequantizeLinear (scale = s_input * s_weight)."""
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """Transpose(DQ(2-D integer initializer)) -> DQ(transposed initializer); returns the count."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    done, new_nodes = 0, []
-    for node in graph.node:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) == 3 and node.input[2] in inits:
-            dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
-            if not all(d is not None and d.op_type == "DequantizeLinear" and d.input[1] in inits
-                       for d in (dq_x, dq_w)):
-                continue
-            if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
-                continue  # weight scales are per input column then; leave the bias float
-            s_x = numpy_helper.to_array(inits[dq_x.input[1]]).astype(np.float64)
-            s_w = numpy_helper.to_array(inits[dq_w.input[1]]).astype(np.float64)
-            bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
-            scale = np.broadcast_to(s_x * s_w, bias.shape).astype(np.float32)
-            q = np.clip(np.rint(bias / scale), -2**31, 2**31 - 1).astype(np.int32)
-            base = node.input[2] + f"_{node.name or done}"
-            graph.initializer.extend([numpy_helper.from_array(q, base + "_int32"),
-                                      numpy_helper.from_array(scale, base + "_scale"),
-                                      numpy_helper.from_array(np.zeros_like(q), base + "_zp")])
-            new_nodes.append(helper.make_node("DequantizeLinear", [base + "_int32", base + "_scale",
-                                                                   base + "_zp"], [base + "_dq"], axis=0))
-            node.input[2] = base + "_dq"
-            done += 1
-    if new_nodes:
-        _replace_nodes(graph, new_nodes + list(graph.node))
-    return done
+    readers = _readers(graph)
+    renames, drop = {}, set()
+    for t in graph.node:
+        dq = producers.get(t.input[0]) if t.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits \
+                or len(inits[dq.input[0]].dims) != 2 or len(readers[dq.output[0]]) != 1 \
+                or next((list(a.ints) for a in t.attribute if a.name == "perm"), [1, 0]) != [1, 0]:
+            continue
+        weight = numpy_helper.to_array(inits[dq.input[0]])
+        stored = numpy_helper.from_array(np.ascontiguousarray(weight.T), dq.input[0] + "_T")
+        graph.initializer.append(stored)
+        dq.input[0] = stored.name
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % 2
+        _set_attribute(dq, "axis", 1 - axis)
+        renames[t.output[0]] = dq.output[0]
+        drop.add(id(t))
+    _replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
+    _rename_inputs(graph, renames)
+    return len(drop)
+
+
+def pack_parallel_matmuls(model: onnx.ModelProto) -> int:
+    """Merge MatMul(x, DQ(W_i)) + b_i that share ``x`` into one MatMul, Add and Split.
+
+    Exact: the columns of the packed product are the members' columns, with their own per-channel
+    scales. Members need a 2-D integer weight read only by them, dequantized per output channel
+    (axis 1) or per tensor, and a 1-D constant bias; returns the number of packed groups.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    groups: dict[str, list[tuple[onnx.NodeProto, ...]]] = defaultdict(list)
+    for mm in graph.node:
+        member = _packable(mm, inits, producers, readers) if mm.op_type == "MatMul" else None
+        if member is not None:
+            groups[mm.input[0]].append(member)
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    drop: set[int] = set()
+    for x, members in groups.items():
+        if len(members) < 2 or len({inits[dq.input[0]].data_type for _, dq, _, _ in members}) > 1:
+            continue
+        widths = [int(inits[dq.input[0]].dims[1]) for _, dq, _, _ in members]
+        base = members[0][0].output[0] + "_packed"
+
+        def packed(names: list[str], suffix: str) -> str:
+            """Per-column constants of the members side by side (per-tensor ones repeated)."""
+            parts = [np.broadcast_to(numpy_helper.to_array(inits[n]).reshape(-1), (w,)) for n, w in zip(names, widths)]
+            graph.initializer.append(numpy_helper.from_array(np.concatenate(parts), f"{base}_{suffix}"))
+            return f"{base}_{suffix}"
+
+        weight = np.concatenate([numpy_helper.to_array(inits[dq.input[0]]) for _, dq, _, _ in members], axis=1)
+        graph.initializer.extend([numpy_helper.from_array(weight, base + "_weight"),
+                                  numpy_helper.from_array(np.array(widths, dtype=np.int64), base + "_split")])
+        scale = packed([dq.input[1] for _, dq, _, _ in members], "scale")
+        zero = packed([dq.input[2] for _, dq, _, _ in members], "zero_point")
+        bias = packed([b for *_, b in members], "bias")
+        replaced[id(members[0][0])] = [
+            helper.make_node("DequantizeLinear", [base + "_weight", scale, zero], [base + "_dq"], axis=1,
+                             name=base + "_DQ"),
+            helper.make_node("MatMul", [x, base + "_dq"], [base + "_mm"], name=base + "_MatMul"),
+            helper.make_node("Add", [base + "_mm", bias], [base + "_add"], name=base + "_Add"),
+            helper.make_node("Split", [base + "_add", base + "_split"], [add.output[0] for *_, add, _ in members],
+                             axis=-1, name=base + "_Split")]
+        drop.update(id(n) for mm, dq, add, _ in members for n in (mm, dq, add))
+    if replaced:
+        nodes = [new for n in graph.node for new in replaced.get(id(n), [n] if id(n) not in drop else [])]
+        _replace_nodes(graph, _topological(nodes))
+    return len(replaced)
+
+
+def _packable(mm: onnx.NodeProto, inits: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
+              readers: dict[str, list[onnx.NodeProto]]) -> tuple[onnx.NodeProto, ...] | None:
+    """(MatMul, weight DQ, bias Add, bias name) when ``mm`` may join a packed group, else None."""
+    dq = producers.get(mm.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or len(dq.input) < 3 \
+            or len(inits[dq.input[0]].dims) != 2 or len(readers[dq.output[0]]) != 1 \
+            or not all(name in inits for name in dq.input[1:3]):
+        return None
+    per_channel = numpy_helper.to_array(inits[dq.input[1]]).size > 1
+    if per_channel and next((a.i for a in dq.attribute if a.name == "axis"), 1) not in (1, -1):
+        return None
+    adds = readers[mm.output[0]]
+    if len(adds) != 1 or adds[0].op_type != "Add":
+        return None
+    bias = [name for name in adds[0].input if name != mm.output[0]]
+    if len(bias) != 1 or bias[0] not in inits or list(inits[bias[0]].dims) != [inits[dq.input[0]].dims[1]]:
+        return None
+    return mm, dq, adds[0], bias[0]
 
 
 def requantize_before(model: onnx.ModelProto) -> int:
@@ -222,6 +297,39 @@ def split_shared_qdq(model: onnx.ModelProto) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    return readers
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+
+
+def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` reordered so each comes after the producers of its inputs (stable otherwise)."""
+    made = {o for n in nodes for o in n.output}
+    ready: set[str] = set()
+    done, pending = [], list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i not in made or i in ready for i in n.input):
+                done.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError("graph has a cycle")
+        pending = rest
+    return done
+
+
 def _zero(inits: dict[str, onnx.TensorProto], q: onnx.NodeProto) -> bool:
     if len(q.input) < 3 or q.input[2] not in inits:
         return False

@@ -140,12 +140,16 @@ def test_bn_fold_keeps_the_function() -> None:
     assert isinstance(model.stem[1], nn.Identity)
 
 
-def test_ort_export_fuses_every_conv_into_int8_kernels(tmp_path: Path) -> None:
+def test_ort_export_fuses_every_conv_into_int8_kernels_and_parses_in_tensorrt(tmp_path: Path) -> None:
     model, reference, x = quantize_residual("both")
     path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"],
                        dynamic_axes={"x": {0: "b"}})
     fused = op_counts(path, optimized=True)
     assert fused["QLinearConv"] == 3 and fused["Conv"] == 0, fused
+    graph = onnx.load(str(path))
+    assert check_trt(graph) == []  # float biases: ORT quantizes them to int32 itself at load
+    biases = [i for n in graph.graph.node if n.op_type == "Conv" and len(n.input) == 3 for i in n.input[2:]]
+    assert biases and all(b in {t.name for t in graph.graph.initializer} for b in biases)
     out = ort_session(path).run(None, {"x": x.numpy()})[0]
     expected = model(x).detach().numpy()
     assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()
@@ -205,7 +209,7 @@ def test_smoothquant_keeps_the_float_model_and_cuts_int8_error(tmp_path: Path) -
         if use_smooth:
             groups = smooth_groups(model)
             assert list(groups.values()) == [["q", "k"]]
-            smooth(model, groups, input_channel_max(model, list(groups), data), alpha=0.5)
+            assert smooth(model, groups, input_channel_max(model, list(groups), data), alpha=0.5) == list(groups)
             for q in quantizers(model).values():
                 q.enabled = False
             assert torch.allclose(model(x), reference, atol=1e-4)
@@ -214,11 +218,29 @@ def test_smoothquant_keeps_the_float_model_and_cuts_int8_error(tmp_path: Path) -
         calibrate(model, data)
         errors[use_smooth] = float((model(x) - reference).detach().pow(2).mean())
     assert errors[True] < 0.5 * errors[False], errors
-    # the smoothing factors export as one multiply in front of the shared Q/DQ pair
+    # the smoothing factors export as one multiply in front of the shared Q/DQ pair, and q and k
+    # (one input) as one MatMul on their packed int8 weights, split after the bias
     path = export_onnx(model, (x,), tmp_path / "s.onnx", input_names=["x"], output_names=["y"])
-    assert op_counts(path)["Mul"] == 1
+    ops = op_counts(path)
+    assert ops["Mul"] == 1 and ops["MatMul"] == 1 and ops["Split"] == 1 and ops["Transpose"] == 0, ops
+    assert check_trt(onnx.load(str(path))) == []
     out = ort_session(path).run(None, {"x": x.numpy()})[0]
     assert np.abs(out - model(x).detach().numpy()).max() < 1e-3 * np.abs(out).max() + 1e-4
+
+
+def test_smoothquant_skips_tensors_without_outliers() -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 8, 32),) for _ in range(2)]
+    model = TinyBlock().eval()
+    wrap_layers(model, plan_layers(model, LayerSelection(), TensorPlan(8), TensorPlan(8), True))
+    share_quantizers(model, shared_quantizer_groups(model, data[0]))
+    groups = smooth_groups(model)
+    act_max = input_channel_max(model, list(groups), data)
+    ratio = float(next(iter(act_max.values())).max() / next(iter(act_max.values())).median())
+    weights = model.q.weight.detach().clone()
+    assert smooth(model, groups, act_max, min_outlier_ratio=2 * ratio) == []
+    assert model.q.input_quantizer.smooth is None and torch.equal(model.q.weight, weights)
+    assert smooth(model, groups, act_max, min_outlier_ratio=ratio / 2) == list(groups)
 
 
 def test_comq_rounding_beats_nearest_on_the_layer_output() -> None:

@@ -64,6 +64,9 @@ class ActivationParams(_Section):
 
 class SmoothQuantParams(_Section):
     alpha: float = Field(0.5, ge=0, le=1, description="Migration strength: 0 = none, 1 = all onto weights.")
+    min_outlier_ratio: float = Field(0.0, ge=0, description="Smooth only tensors whose largest channel range "
+                                                            "is this many times the median one (each smoothed "
+                                                            "tensor costs a Mul at run time); 0 = all.")
 
 
 class RoundingParams(_Section):
@@ -129,8 +132,9 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rul
     smoothed: list[str] = []
     if p.smoothquant is not None and act is not None:
         groups = smooth_groups(model)
-        smooth(model, groups, input_channel_max(model, list(groups), batches()), p.smoothquant.alpha)
-        smoothed = list(groups)
+        smoothed = smooth(model, groups, input_channel_max(model, list(groups), batches()),
+                          p.smoothquant.alpha, p.smoothquant.min_outlier_ratio)
+        metrics["smoothed_tensors"] = len(smoothed)
     calibrate_weights(model)
     metrics["calibration_samples"] = calibrate_activations(model, batches(), total=n_batches)
     if p.rounding.method == "comq":
