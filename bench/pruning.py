@@ -80,20 +80,25 @@ def latency(tmp: Path) -> str:
                                     input_names=["image"], output_names=["logits"],
                                     dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
                  for label, model in models.items()}
-        for threads, batch in ((1, 1), (2, 1), (2, 8)):
+        for threads, batch, spinning in ((1, 1, False), (2, 1, False), (2, 1, True), (2, 8, False), (2, 8, True)):
             lat = compare_onnx(paths, (torch.randn(batch, 3, 224, 224),), threads=threads, iterations=60,
-                               rounds=6)
+                               rounds=6, spinning=spinning)
             rows.append([zoo, prune["prune"]["round_to"], f"{base_row['params'] / 1e6:.2f}M -> {pruned_row['params'] / 1e6:.2f}M",
-                         f"{base_row['macs'] / 1e9:.2f}G -> {pruned_row['macs'] / 1e9:.2f}G", threads, batch,
+                         f"{base_row['macs'] / 1e9:.2f}G -> {pruned_row['macs'] / 1e9:.2f}G", threads,
+                         "on" if spinning else "off", batch,
                          f"{lat['unpruned'].p50_ms:.2f} -> {lat['pruned'].p50_ms:.2f}",
                          _ratio(lat["pruned"].p50_ms, lat["unpruned"].p50_ms)])
     return ("ImageNet shapes (3x224x224) at 50% channels (l2 importance), exported to "
-            "ONNX and timed in ONNX Runtime on this CPU, both models interleaved in one process (p50 of "
-            "60 runs each; thread spinning off, see `export/runtime.py`). At batch 1 on 2 threads the "
-            "pruned MobileNet-V2 (about 1.5 ms for 170 nodes) is bound by per-operator overhead, not "
-            "by MACs. MobileNet-V2 is shown with its recipe's `round_to: 16` and with 8: ORT's "
-            "AVX-512 kernels block channels by 16, and 8-channel layers cost layout reorders.\n\n"
-            + table(["model", "round_to", "params", "MACs", "threads", "batch", "ORT p50 ms", "latency ratio"], rows))
+            "ONNX and timed in ONNX Runtime on this CPU, both models in turns in one process (p50 of "
+            "60 runs each). Spinning off: both sessions open, worker threads sleep between operators "
+            "(`export/runtime.py`). Spinning on: ONNX Runtime's default, as one model per process runs "
+            "it; each turn opens the session it times and closes it after "
+            "(`compressor.export.bench.compare_onnx`). Without spinning, a 2-thread run pays a thread "
+            "wake-up per operator, which the pruned MobileNet-V2 at batch 1 (about 1.5 ms for 170 "
+            "nodes) feels most. MobileNet-V2 is shown with its recipe's `round_to: 16` and with 8: "
+            "ORT's AVX-512 kernels block channels by 16, and 8-channel layers cost layout reorders.\n\n"
+            + table(["model", "round_to", "params", "MACs", "threads", "spinning", "batch", "ORT p50 ms",
+                     "latency ratio"], rows))
 
 
 def sparse(tmp: Path) -> str:

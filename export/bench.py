@@ -5,6 +5,7 @@ variants in turns inside one process (:func:`interleaved`) and report medians an
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,17 +40,22 @@ def _summarise(ms: list[float] | np.ndarray, batch: int, threads: int | None) ->
     return Latency(float(p50), float(p90), float(p99), float(arr.mean()), batch, len(arr), threads)
 
 
+def measure_calls(fn: Callable[[], object], n: int) -> list[float]:
+    """Milliseconds of each of ``n`` calls of ``fn``."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def measure(fn: Callable[[], object], *, batch: int = 1, warmup: int = 5, iterations: int = 30,
             threads: int | None = None) -> Latency:
     """Time ``fn`` after ``warmup`` calls: percentiles over ``iterations`` calls."""
     for _ in range(warmup):
         fn()
-    times = np.empty(iterations)
-    for i in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return _summarise(times * 1e3, batch, threads)
+    return _summarise(measure_calls(fn, iterations), batch, threads)
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], *, batch: int = 1, warmup: int = 5,
@@ -62,18 +68,16 @@ def interleaved(fns: Mapping[str, Callable[[], object]], *, batch: int = 1, warm
     per_round = max(1, iterations // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name] += measure_calls(fn, per_round)
     return {name: _summarise(ms, batch, threads) for name, ms in samples.items()}
 
 
-def ort_runner(path: str | Path, inputs: tuple, threads: int | None = None) -> Callable[[], object]:
+def ort_runner(path: str | Path, inputs: tuple, threads: int | None = None,
+               spinning: bool = False) -> Callable[[], object]:
     """A zero-argument call that runs ``inputs`` through an ONNX Runtime session of ``path``."""
     from compressor.export.runtime import feeds, ort_session
 
-    session = ort_session(path, threads)
+    session = ort_session(path, threads, spinning=spinning)
     feed = feeds(session, inputs)
     return lambda: session.run(None, feed)
 
@@ -86,11 +90,32 @@ def ort_latency(path: str | Path, inputs: tuple, *, threads: int | None = None, 
 
 
 def compare_onnx(paths: Mapping[str, str | Path], inputs: tuple, *, threads: int | None = None,
-                 warmup: int = 5, iterations: int = 30, rounds: int = 5) -> dict[str, Latency]:
-    """Interleaved ONNX Runtime latency of several ONNX files on the same inputs."""
-    runners = {name: ort_runner(p, inputs, threads) for name, p in paths.items()}
-    return interleaved(runners, batch=_batch(inputs), warmup=warmup, iterations=iterations,
-                       rounds=rounds, threads=threads)
+                 warmup: int = 5, iterations: int = 30, rounds: int = 5,
+                 spinning: bool = False) -> dict[str, Latency]:
+    """Interleaved ONNX Runtime latency of several ONNX files on the same inputs.
+
+    ``spinning=False``: all sessions open at once, thread spinning off (see
+    :func:`compressor.export.runtime.ort_session`). ``spinning=True`` times ONNX Runtime's default,
+    spinning threads, as a deployment with one model per process runs it: each turn opens the
+    session being timed and closes it afterwards, so no idle spinning pool competes for the cores.
+    Small models at batch 1 gain most from spinning (a worker wakes in microseconds, not a futex
+    round trip per operator).
+    """
+    if not spinning:
+        runners = {name: ort_runner(p, inputs, threads) for name, p in paths.items()}
+        return interleaved(runners, batch=_batch(inputs), warmup=warmup, iterations=iterations,
+                           rounds=rounds, threads=threads)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    per_round = max(1, iterations // rounds)
+    for _ in range(rounds):
+        for name, path in paths.items():
+            run = ort_runner(path, inputs, threads, spinning=True)
+            for _ in range(warmup):
+                run()
+            samples[name] += measure_calls(run, per_round)
+            del run
+            gc.collect()
+    return {name: _summarise(ms, _batch(inputs), threads) for name, ms in samples.items()}
 
 
 def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int] | None = None,

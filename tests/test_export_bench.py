@@ -11,7 +11,7 @@ from export_helpers import export_tiny
 
 from compressor.cli import main
 from compressor.export import roofline
-from compressor.export.bench import Latency, interleaved, measure, synthetic_inputs
+from compressor.export.bench import Latency, compare_onnx, interleaved, measure, synthetic_inputs
 from compressor.export.parity import ort_outputs
 
 
@@ -28,6 +28,16 @@ def test_measure_and_interleaved_count_every_call() -> None:
     out = interleaved({"a": fn("a"), "b": fn("b")}, warmup=1, iterations=10, rounds=5)
     assert calls == {"a": 11, "b": 11} and out["a"].iterations == out["b"].iterations == 10
     assert set(Latency(1, 2, 3, 2, 1, 1).as_dict()) >= {"p50_ms", "throughput", "threads"}
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_compare_onnx_times_every_file_in_both_threading_modes(tmp_path: Path, spinning: bool) -> None:
+    _, a = export_tiny(tmp_path / "a.onnx")
+    _, b = export_tiny(tmp_path / "b.onnx")
+    inputs = synthetic_inputs(a, batch=2, dims={"seq": 8})
+    out = compare_onnx({"a": a, "b": b}, inputs, threads=1, warmup=1, iterations=6, rounds=3, spinning=spinning)
+    assert set(out) == {"a", "b"}
+    assert all(lat.iterations == 6 and lat.batch == 2 and lat.threads == 1 for lat in out.values())
 
 
 def test_synthetic_inputs_follow_the_signature(tmp_path: Path) -> None:
