@@ -81,7 +81,7 @@ def main() -> None:
     print(lat)
     body = table(
         ["method", "ranks", "fidelity fp32", "factorised", "+ fine-tune", "params", "ORT p50 (batch 1)",
-         "vs fp32", "ONNX parity (cos)", "reload exact"],
+         "speed-up vs fp32", "ONNX parity (cos)", "reload exact"],
         [["fp32", "-", f"{rows[0]['fp32']:.4f}", "-", "-", f"{rows[0]['params_fp32'] / 1e6:.2f}M",
           f"{lat['fp32']:.2f} ms", "1.00x", "-", "-"]]
         + [[r["method"], f"{r['layers']} layers at {'/'.join(map(str, r['ranks']))}", f"{r['fp32']:.4f}",
