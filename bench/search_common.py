@@ -32,7 +32,13 @@ def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace
     parser.add_argument("--trials", type=int, default=None, help="default: the recipe's search.trials")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
-    return parser.parse_args(argv)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the studies in --out (default: start them afresh, so the figures "
+                             "describe this code, not a study stored by an earlier run)")
+    args = parser.parse_args(argv)
+    if not args.resume:
+        shutil.rmtree(args.out, ignore_errors=True)
+    return args
 
 
 @dataclass

@@ -13,6 +13,11 @@ passes turn that into one graph that TensorRT parses and ONNX Runtime runs as in
   and V projections) become one MatMul on the concatenated int8 weights, one bias Add and a
   Split: one Q, one int8 kernel and one Add instead of three of each (ORT's Attention fusion does
   the same for fp32 graphs but does not match Q/DQ ones; bench/quantization.py measures it);
+- ``move_float_gemm_bias`` (ONNX Runtime): the bias of a Gemm whose output is not quantized (a
+  classifier's logits) moves to an Add after it. ONNX Runtime turns float biases into int32 only
+  where the output is quantized, and a Gemm with a float bias input never fuses, which left the
+  classifier dequantizing its whole weight matrix at every run; without the bias it runs as
+  QGemm with float output;
 - ``requantize_before`` (ONNX Runtime): with zero point 0, Q(Relu(x)) == Q(Relu(DQ(Q(x)))), so a
   copy of the Q/DQ pair above each Relu/MaxPool changes no value and gives the Conv/Add before it
   the output Q that fusion needs (TensorRT fuses Conv+Relu itself; not applied there);
@@ -49,6 +54,7 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime") -> onn
     fold_weight_transposes(model)
     if runtime == "onnxruntime":
         pack_parallel_matmuls(model)
+        move_float_gemm_bias(model)
         requantize_before(model)
         split_shared_qdq(model)
     _drop_unused_initializers(model)
@@ -213,6 +219,29 @@ def _packable(mm: onnx.NodeProto, inits: dict[str, onnx.TensorProto], producers:
     if len(bias) != 1 or bias[0] not in inits or list(inits[bias[0]].dims) != [inits[dq.input[0]].dims[1]]:
         return None
     return mm, dq, adds[0], bias[0]
+
+
+def move_float_gemm_bias(model: onnx.ModelProto) -> int:
+    """Gemm(DQ(a), DQ(b), float c) not read by a QuantizeLinear -> Gemm(DQ(a), DQ(b)) + c."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    nodes, moved = [], 0
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in inits \
+                or any(a.name == "beta" and a.f != 1.0 for a in node.attribute) \
+                or any(r.op_type == "QuantizeLinear" for r in readers[node.output[0]]) \
+                or not all(getattr(producers.get(i), "op_type", "") == "DequantizeLinear" for i in node.input[:2]):
+            continue
+        bias, out = node.input[2], node.output[0]
+        del node.input[2]
+        node.output[0] = out + "_unbiased"
+        nodes.append(helper.make_node("Add", [node.output[0], bias], [out], name=(node.name or "Gemm") + "_bias"))
+        moved += 1
+    _replace_nodes(graph, nodes)
+    return moved
 
 
 def requantize_before(model: onnx.ModelProto) -> int:

@@ -146,6 +146,7 @@ def test_ort_export_fuses_every_conv_into_int8_kernels_and_parses_in_tensorrt(tm
                        dynamic_axes={"x": {0: "b"}})
     fused = op_counts(path, optimized=True)
     assert fused["QLinearConv"] == 3 and fused["Conv"] == 0, fused
+    assert fused["QGemm"] == 1 and fused["Gemm"] == 0, fused  # the head: bias moved after it
     graph = onnx.load(str(path))
     assert check_trt(graph) == []  # float biases: ORT quantizes them to int32 itself at load
     biases = [i for n in graph.graph.node if n.op_type == "Conv" and len(n.input) == 3 for i in n.input[2:]]
