@@ -256,10 +256,6 @@ def requantize_before(model: onnx.ModelProto) -> int:
     done = 0
     while True:
         producers = {o: n for n in graph.node for o in n.output}
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for i in n.input:
-                consumers[i].append(n)
         for q in graph.node:
             if q.op_type != "QuantizeLinear" or not _zero(inits, q):
                 continue
@@ -291,10 +287,7 @@ def split_shared_qdq(model: onnx.ModelProto) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = _readers(graph)
     nodes, added = [], 0
     for dq in graph.node:
         nodes.append(dq)
