@@ -15,9 +15,10 @@ from compressor.export.onnx import EXTERNAL_DATA_MB, has_qdq, save_onnx, set_met
 
 #: Ops kept in fp32, and why: variance and mean reductions square or sum activations past fp16's
 #: 65504 (LayerNorm written out as ReduceMean/Pow/Sqrt by older opsets), Softmax and Exp overflow,
-#: and Q/DQ scales must stay fp32 below opset 19 (TensorRT's strongly typed mode reads the types).
+#: and Q/DQ scales must stay fp32 below opset 19 (TensorRT's strongly typed mode reads the types),
+#: as must ONNX Runtime's int8 MatMul kernel (its CPU version has fp32 scales, bias and output).
 KEEP_FLOAT: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow",
-                               "Sqrt", "Exp", "QuantizeLinear", "DequantizeLinear")
+                               "Sqrt", "Exp", "QuantizeLinear", "DequantizeLinear", "MatMulIntegerToFloat")
 
 
 def to_fp16(proto: onnx.ModelProto, *, keep_float: Iterable[str] = KEEP_FLOAT) -> onnx.ModelProto:

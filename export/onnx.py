@@ -36,7 +36,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                 exporter: Exporter = "torchscript", simplify: bool = False,
                 metadata: Mapping[str, Any] | None = None,
                 external_data_mb: float = EXTERNAL_DATA_MB,
-                runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime") -> Path:
+                runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime",
+                cpu: Literal["x86_64", "arm64"] = "x86_64") -> Path:
     """Export ``model`` to ``path``, optionally simplify it, stamp ``metadata`` and check it.
 
     ``compressor.precision`` in the metadata says ``int8`` for Q/DQ graphs, else ``fp32``.
@@ -44,7 +45,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
     transformer graphs ONNX Runtime's optimizer fuses. The dynamo exporter specialises a batch
     of 1, so pass examples with batch >= 2 when using it. Models whose initializers exceed
     ``external_data_mb`` are saved with their weights in ``<path>.data``. A fake-quantized
-    model's Q/DQ graph is cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`).
+    model's Q/DQ graph is cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`);
+    for ``onnxruntime`` its int8 MatMuls then become ONNX Runtime's MatMulIntegerToFloat kernel
+    with the bias inside, with activations typed for ``cpu`` (:mod:`compressor.export.ort_kernels`).
     """
     path = Path(path)
     model = model.eval()
@@ -63,6 +66,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
             proto = optimize_qdq(proto, runtime=runtime)
         if simplify:
             proto = _simplify(proto)
+        if has_qdq(proto) and runtime == "onnxruntime":
+            from compressor.export.ort_kernels import integer_matmuls
+
+            integer_matmuls(proto, unsigned_activations=cpu == "x86_64")
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
         save_onnx(proto, path, external_data_mb=external_data_mb)
     onnx.checker.check_model(str(path))

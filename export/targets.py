@@ -54,6 +54,8 @@ class Target:
     #: Precisions the target runs, fastest first; export refuses the others.
     precisions: tuple[Precision, ...]
     opset: int = 17
+    #: CPU targets: the instruction set, which decides the int8 kernels' activation type.
+    cpu: Literal["x86_64", "arm64"] | None = None
     #: Name of the :class:`QuantRules` the quantize stage follows for this target.
     quant_rules: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
     #: Intra-op threads for latency measurement (None: the runtime's default).
@@ -82,10 +84,10 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cpu-x86", "onnxruntime", "x86-64 CPU through ONNX Runtime (AVX2/AVX-512/VNNI)",
-           ("int8", "fp32")),
+           ("int8", "fp32"), cpu="x86_64"),
     Target("cpu-arm64", "onnxruntime",
            "ARM64 CPU (Graviton, Raspberry Pi 5, phones) through ONNX Runtime; fp16 on ARMv8.2+",
-           ("int8", "fp16", "fp32")),
+           ("int8", "fp16", "fp32"), cpu="arm64"),
     Target("jetson-orin", "tensorrt", "NVIDIA Jetson Orin (Ampere, sm_87) through TensorRT (JetPack 6)",
            ("int8", "fp16", "fp32"), opset=17, quant_rules="tensorrt", sparsity=("2:4",),
            gpu="Jetson AGX Orin", compute_capability="8.7", tensorrt="10.3", workspace_mb=1024,

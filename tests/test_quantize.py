@@ -219,14 +219,18 @@ def test_smoothquant_keeps_the_float_model_and_cuts_int8_error(tmp_path: Path) -
         calibrate(model, data)
         errors[use_smooth] = float((model(x) - reference).detach().pow(2).mean())
     assert errors[True] < 0.5 * errors[False], errors
-    # the smoothing factors export as one multiply in front of the shared Q/DQ pair, and q and k
-    # (one input) as one MatMul on their packed int8 weights, split after the bias
+    # ONNX Runtime: the smoothing factors export as one multiply in front of the shared Q, and q
+    # and k (one input) as one int8 kernel on their packed weights, bias inside, split after it
     path = export_onnx(model, (x,), tmp_path / "s.onnx", input_names=["x"], output_names=["y"])
     ops = op_counts(path)
-    assert ops["Mul"] == 1 and ops["MatMul"] == 1 and ops["Split"] == 1 and ops["Transpose"] == 0, ops
-    assert check_trt(onnx.load(str(path))) == []
-    out = ort_session(path).run(None, {"x": x.numpy()})[0]
-    assert np.abs(out - model(x).detach().numpy()).max() < 1e-3 * np.abs(out).max() + 1e-4
+    assert ops["Mul"] == 1 and ops["MatMulIntegerToFloat"] == 1 and ops["Split"] == 1, ops
+    assert ops["MatMul"] == ops["Transpose"] == ops["DequantizeLinear"] == 0, ops
+    # TensorRT: plain Q/DQ within its rules
+    trt = export_onnx(model, (x,), tmp_path / "t.onnx", input_names=["x"], output_names=["y"], runtime="tensorrt")
+    assert op_counts(trt)["MatMul"] == 2 and check_trt(onnx.load(str(trt))) == []
+    for file in (path, trt):
+        out = ort_session(file).run(None, {"x": x.numpy()})[0]
+        assert np.abs(out - model(x).detach().numpy()).max() < 1e-3 * np.abs(out).max() + 1e-4
 
 
 def test_smoothquant_skips_tensors_without_outliers() -> None:

@@ -32,6 +32,9 @@ def main(args: argparse.Namespace) -> int:
               f"{' in [-127, 127]' if r.narrow_range_weights else ''}, opset >= {r.min_opset}, "
               f"float: {', '.join(r.keep_float)}"
               f"{', Q/DQ on residual Adds' if r.quantize_residual_add else ''}")
+        if t.cpu:
+            print(f"{'':<12} int8 kernels: ONNX Runtime MatMulIntegerToFloat, "
+                  f"{'uint8' if t.cpu == 'x86_64' else 'int8'} activations ({t.cpu})")
         if t.runtime == "tensorrt":
             print(f"{'':<12} engine: {t.gpu} (sm {t.compute_capability}), TensorRT {t.tensorrt}, "
                   f"workspace {t.workspace_mb} MiB, batch 1..{t.max_batch}")

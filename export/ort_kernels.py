@@ -1,0 +1,158 @@
+"""ONNX Runtime-only rewrite of a Q/DQ graph: int8 MatMuls as ``com.microsoft.MatMulIntegerToFloat``.
+
+ONNX Runtime fuses ``MatMul(DQ(x), DQ(W))`` into its MatMulIntegerToFloat kernel when a session
+loads, but leaves the bias ``Add`` after it as a node of its own (its bias fusion matches only
+the MatMulInteger -> Cast -> Mul pattern of dynamic quantization). The contrib kernel takes the
+bias as an input and adds it while it writes the output, so writing the kernel in the file saves
+one node and one pass over the output per Linear: 18 in MiniLM-L6 (bench/quantization.py).
+
+Writing the kernel means doing what ORT's own Q/DQ fusion would have done around it:
+- on x86 the activations become uint8 with zero point 128 (the same values: q + 128). ORT turns
+  int8 activations into uint8 when it fuses a Q/DQ graph because its u8s8 GEMM is the fast one
+  there; an s8s8 MatMulIntegerToFloat ran MiniLM 6x slower than fp32 here. ARM keeps int8;
+- the Q moves above Reshape/Transpose between it and the MatMul (exact for a per-tensor Q), so
+  they move int8 data, as ORT's Q/DQ propagation arranges for graphs it fuses itself.
+
+The result runs in ONNX Runtime only (TensorRT parses no contrib op), so only ``onnxruntime``
+exports get it; TensorRT exports stay pure Q/DQ.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.export.qdq_graph import _readers, _replace_nodes, _topological
+
+#: Ops that only move data: a per-tensor Q commutes with them.
+DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+MS_DOMAIN = "com.microsoft"
+EIGHT_BIT = (TensorProto.INT8, TensorProto.UINT8)
+
+
+def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True) -> int:
+    """``MatMul(DQ(x_q), DQ(W_int)) [+ bias]`` -> ``MatMulIntegerToFloat``; returns the count.
+
+    A MatMul qualifies when its activation is dequantized per tensor, its weight is a 2-D
+    integer initializer dequantized per tensor or per output column, and a bias (if any) is a
+    1-D float initializer of the output width read by an Add that is the MatMul's only reader.
+    ``unsigned_activations``: write the activations feeding the new kernels as uint8 (x86).
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    replaced: dict[int, onnx.NodeProto] = {}
+    drop: set[int] = set()
+    for mm in graph.node:
+        if mm.op_type != "MatMul":
+            continue
+        a, b = producers.get(mm.input[0]), producers.get(mm.input[1])
+        if not (_dequantizes_activation(a, inits) and _dequantizes_weight(b, inits)):
+            continue
+        inputs = [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2]]
+        out, fused = mm.output[0], [mm]
+        bias = _bias_add(mm, readers, inits)
+        if bias is not None:
+            add, name = bias
+            inputs.append(name)
+            out = add.output[0]
+            fused.append(add)
+        replaced[id(mm)] = helper.make_node("MatMulIntegerToFloat", inputs, [out], domain=MS_DOMAIN,
+                                            name=(mm.name or out) + "_int8")
+        drop.update(id(n) for n in fused)
+    if not replaced:
+        return 0
+    _replace_nodes(graph, [replaced.get(id(n), n) for n in graph.node if id(n) not in drop or id(n) in replaced])
+    _drop_dead_nodes(graph)
+    _prepare_activations(model, unsigned_activations)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(replaced)
+
+
+def _dequantizes_activation(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    return (node is not None and node.op_type == "DequantizeLinear" and len(node.input) == 3
+            and node.input[0] not in inits and all(n in inits for n in node.input[1:])
+            and inits[node.input[2]].data_type in EIGHT_BIT
+            and numpy_helper.to_array(inits[node.input[1]]).size == 1)
+
+
+def _dequantizes_weight(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) != 3 \
+            or not all(n in inits for n in node.input) or len(inits[node.input[0]].dims) != 2 \
+            or inits[node.input[0]].data_type not in EIGHT_BIT:
+        return False
+    per_column = numpy_helper.to_array(inits[node.input[1]]).size > 1
+    return not per_column or next((a.i for a in node.attribute if a.name == "axis"), 1) in (1, -1)
+
+
+def _bias_add(mm: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],
+              inits: dict[str, onnx.TensorProto]) -> tuple[onnx.NodeProto, str] | None:
+    """The Add reading only ``mm``'s output and a 1-D float constant as wide as it, with that name."""
+    adds = readers[mm.output[0]]
+    if len(adds) != 1 or adds[0].op_type != "Add" or len(adds[0].input) != 2:
+        return None
+    other = adds[0].input[1] if adds[0].input[0] == mm.output[0] else adds[0].input[0]
+    if other not in inits or inits[other].data_type != TensorProto.FLOAT or len(inits[other].dims) != 1:
+        return None
+    return adds[0], other
+
+
+def _prepare_activations(model: onnx.ModelProto, unsigned: bool) -> None:
+    """For each Q read (through data movement) only by the new kernels: move it up, then make it uint8."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        producers = {o: n for n in graph.node for o in n.output}
+        readers = _readers(graph)
+        kernels = _kernels_reading(q.output[0], readers, outputs)
+        if not kernels or numpy_helper.to_array(inits[q.input[1]]).size != 1:
+            continue
+        mover = producers.get(q.input[0])
+        while mover is not None and mover.op_type in DATA_MOVEMENT_OPS and len(readers[mover.output[0]]) == 1 \
+                and mover.output[0] not in outputs:
+            # mover: x -> y, Q: y -> z  becomes  Q: x -> x_quantized, mover: x_quantized -> z
+            x = mover.input[0]
+            mover.output[0] = q.output[0]
+            q.input[0], q.output[0] = x, x + "_quantized"
+            mover.input[0] = q.output[0]
+            mover = producers.get(x)
+        zero = numpy_helper.to_array(inits[q.input[2]])
+        if unsigned and zero.dtype == np.int8:
+            name = q.output[0] + "_uint8_zero_point"
+            graph.initializer.append(numpy_helper.from_array(
+                (zero.astype(np.int16) + 128).astype(np.uint8), name))
+            q.input[2] = name
+            for kernel in kernels:
+                kernel.input[4] = name
+    _replace_nodes(graph, _topological(list(graph.node)))
+
+
+def _kernels_reading(tensor: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The MatMulIntegerToFloat nodes reading ``tensor`` as activation, through data movement;
+    empty when anything else (or the graph output) reads it."""
+    found = []
+    for reader in readers[tensor]:
+        if reader.op_type == "MatMulIntegerToFloat" and reader.input[0] == tensor and tensor not in reader.input[1:]:
+            found.append(reader)
+        elif reader.op_type in DATA_MOVEMENT_OPS and reader.input[0] == tensor and reader.output[0] not in outputs:
+            below = _kernels_reading(reader.output[0], readers, outputs)
+            if not below:
+                return []
+            found += below
+        else:
+            return []
+    return found if tensor not in outputs else []
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is read (the DQs the kernels replaced)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        alive = [n for n in graph.node if any(o in read for o in n.output)]
+        if len(alive) == len(graph.node):
+            return
+        _replace_nodes(graph, alive)

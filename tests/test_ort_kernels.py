@@ -1,0 +1,111 @@
+"""export/ort_kernels.py: Q/DQ MatMuls as ONNX Runtime's MatMulIntegerToFloat, bias inside."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.export.ort_kernels import integer_matmuls
+
+
+def linear_graph(*, second_reader: bool = False) -> onnx.ModelProto:
+    """x -> Transpose -> Q/DQ -> MatMul(DQ(int8 W, per column)) -> Add(bias) -> y.
+
+    ``second_reader``: the quantized tensor is also dequantized for a Relu (output ``z``).
+    """
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (8, 6)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "W"),
+             numpy_helper.from_array(rng.uniform(0.01, 0.02, 6).astype(np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(6, np.int8), "w_zp"),
+             numpy_helper.from_array(np.array(0.03, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("QuantizeLinear", ["xt", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["W", "w_scale", "w_zp"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["mm"]),
+             helper.make_node("Add", ["mm", "bias"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6])]
+    if second_reader:
+        nodes += [helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd2"]),
+                  helper.make_node("Relu", ["xd2"], ["z"])]
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4, 8]))
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 4])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def zero_point_type(model: onnx.ModelProto) -> int:
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    return next(i.data_type for i in model.graph.initializer if i.name == q.input[2])
+
+
+def test_matmul_and_bias_become_one_int8_kernel_with_uint8_activations() -> None:
+    x = np.random.default_rng(1).standard_normal((2, 8, 4)).astype(np.float32)
+    model = linear_graph()
+    expected = run(model, x)
+    assert integer_matmuls(model) == 1
+    onnx.checker.check_model(model)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops == Counter({"QuantizeLinear": 1, "Transpose": 1, "MatMulIntegerToFloat": 1}), ops
+    kernel = next(n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat")
+    assert kernel.domain == "com.microsoft" and kernel.input[6] == "bias"
+    # the Q moved above the Transpose (which now moves int8 data) and became uint8, zero point 128
+    assert model.graph.node[0].op_type == "QuantizeLinear" and model.graph.node[0].input[0] == "x"
+    assert zero_point_type(model) == TensorProto.UINT8
+    np.testing.assert_allclose(run(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_arm_keeps_int8_activations() -> None:
+    x = np.random.default_rng(2).standard_normal((2, 8, 4)).astype(np.float32)
+    model = linear_graph()
+    expected = run(model, x)
+    assert integer_matmuls(model, unsigned_activations=False) == 1
+    assert zero_point_type(model) == TensorProto.INT8
+    np.testing.assert_allclose(run(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_quantized_tensor_read_elsewhere_keeps_its_q_and_type() -> None:
+    x = np.random.default_rng(3).standard_normal((2, 8, 4)).astype(np.float32)
+    model = linear_graph(second_reader=True)
+    expected = run(model, x)
+    assert integer_matmuls(model) == 1
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulIntegerToFloat"] == 1 and ops["DequantizeLinear"] == 1 and ops["Relu"] == 1, ops
+    # the DQ still reads the Q's output, so neither moves nor changes type
+    assert zero_point_type(model) == TensorProto.INT8
+    assert next(n for n in model.graph.node if n.op_type == "QuantizeLinear").input[0] == "xt"
+    for got, want in zip(run(model, x), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_float_matmuls_are_left_alone() -> None:
+    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "float",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert integer_matmuls(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]
+    assert all(o.domain != "com.microsoft" for o in model.opset_import)
+
+
+def test_fp16_conversion_keeps_the_int8_kernel_in_fp32() -> None:
+    from compressor.export.fp16 import to_fp16
+
+    x = np.random.default_rng(4).standard_normal((2, 8, 4)).astype(np.float32)
+    model = linear_graph()
+    integer_matmuls(model)
+    expected = run(model, x)[0]
+    half = to_fp16(model)
+    np.testing.assert_allclose(run(half, x)[0], expected, rtol=1e-2, atol=1e-2)
