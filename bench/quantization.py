@@ -27,6 +27,7 @@ from compressor.export.bench import compare_onnx
 from compressor.export.onnx import export_onnx
 from compressor.export.qdq_rules import check_trt
 from compressor.export.runtime import feeds, ort_session
+from compressor.recipe.loader import load_recipe
 from compressor.stages.quantize import QuantizeParams, quantize_model
 from compressor.stages.quantize.qat import quantization_aware_training
 from compressor.task import Task
@@ -142,9 +143,8 @@ def bench_minilm(tmp: Path, samples: int) -> str:
     model = build_model("minilm")
     task = DATASETS["docstrings"].build(model=model, max_length=128)
     task.batch_size = 32
-    params = QuantizeParams(activations={"observer": "mse"},
-                            smoothquant={"alpha": 0.9, "min_outlier_ratio": 3.0},
-                            calibration_samples=samples)
+    recipe = load_recipe(ROOT / "recipes" / "minilm_int8.yaml")
+    params = recipe.stage("quantize").params.model_copy(update={"calibration_samples": samples})
     ours, _, metrics = quantize_model(copy.deepcopy(model), task, params)
     paths = {"fp32": export(model, task, tmp / "minilm.onnx")}
     paths["ours (static int8)"] = export(ours, task, tmp / "minilm_ours.onnx")
@@ -161,8 +161,9 @@ def bench_minilm(tmp: Path, samples: int) -> str:
     headers = [f"batch {b}, {t} thread{'s' * (t > 1)}{', spinning' * spin}" for b, t, spin in settings]
     return (f"### MiniLM (all-MiniLM-L6-v2), seq 128, {len(reference)} held-out sentences, "
             f"{metrics['calibration_samples']} calibration sentences\n\n"
-            f"Ours (`recipes/minilm_int8.yaml`): SmoothQuant (alpha 0.9) on the {metrics['smoothed_tensors']} "
-            "tensors with outlier channels (`min_outlier_ratio: 3`), MSE-calibrated per-tensor activations, "
+            f"Ours (`recipes/minilm_int8.yaml`): SmoothQuant (alpha {params.smoothquant.alpha}) on the "
+            f"{metrics['smoothed_tensors']} tensors with outlier channels (`min_outlier_ratio: "
+            f"{params.smoothquant.min_outlier_ratio:g}`), {params.activations.observer.upper()}-calibrated per-tensor activations, "
             "per-channel weights, LayerNorm/Softmax/GELU float; at export Q/K/V packed into one int8 MatMul "
             "per layer and every int8 MatMul written as ONNX Runtime's MatMulIntegerToFloat with its bias "
             "inside. Cosine is ONNX Runtime's output against the fp32 PyTorch embedding. Latency: p50 ms "
