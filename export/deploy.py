@@ -76,8 +76,7 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
                 exporter=params.exporter, simplify=params.simplify,
                 metadata={"recipe_hash": provenance.recipe_hash or "", "stages": provenance.stages,
                           "target": target.name, "metrics": summary},
-                external_data_mb=params.external_data_mb, runtime=target.runtime,
-                cpu=target.cpu or "x86_64")
+                external_data_mb=params.external_data_mb, runtime=target.runtime, cpu=target.cpu)
     onnx_files = {"onnx": onnx_path}
 
     # ---- fp16; also the TensorRT input of float models where the target runs fp16. Q/DQ models

@@ -37,7 +37,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                 metadata: Mapping[str, Any] | None = None,
                 external_data_mb: float = EXTERNAL_DATA_MB,
                 runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime",
-                cpu: Literal["x86_64", "arm64"] = "x86_64") -> Path:
+                cpu: Literal["x86_64", "arm64"] | None = None) -> Path:
     """Export ``model`` to ``path``, optionally simplify it, stamp ``metadata`` and check it.
 
     ``compressor.precision`` in the metadata says ``int8`` for Q/DQ graphs, else ``fp32``.
@@ -47,7 +47,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
     ``external_data_mb`` are saved with their weights in ``<path>.data``. A fake-quantized
     model's Q/DQ graph is cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`);
     for ``onnxruntime`` its int8 MatMuls then become ONNX Runtime's MatMulIntegerToFloat kernel
-    with the bias inside, with activations typed for ``cpu`` (:mod:`compressor.export.ort_kernels`).
+    with the bias inside, with activations typed for ``cpu`` (default: this machine's CPU;
+    :mod:`compressor.export.ort_kernels`).
     """
     path = Path(path)
     model = model.eval()
@@ -67,9 +68,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
         if simplify:
             proto = _simplify(proto)
         if has_qdq(proto) and runtime == "onnxruntime":
-            from compressor.export.ort_kernels import integer_matmuls
+            from compressor.export.ort_kernels import host_cpu, integer_matmuls
 
-            integer_matmuls(proto, unsigned_activations=cpu == "x86_64")
+            integer_matmuls(proto, unsigned_activations=(cpu or host_cpu()) == "x86_64")
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
         save_onnx(proto, path, external_data_mb=external_data_mb)
     onnx.checker.check_model(str(path))

@@ -18,6 +18,8 @@ exports get it; TensorRT exports stay pure Q/DQ.
 """
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -28,6 +30,11 @@ from compressor.export.qdq_graph import _readers, _replace_nodes, _topological
 DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 MS_DOMAIN = "com.microsoft"
 EIGHT_BIT = (TensorProto.INT8, TensorProto.UINT8)
+
+
+def host_cpu() -> str:
+    """``"arm64"`` on ARM machines, else ``"x86_64"``: the CPU a local latency measurement runs on."""
+    return "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "x86_64"
 
 
 def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True) -> int:

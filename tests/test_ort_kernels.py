@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from compressor.export.onnx import export_onnx
 from compressor.export.ort_kernels import integer_matmuls
+from export_helpers import TinyEncoder, fake_quantize
 
 
 def linear_graph(*, second_reader: bool = False) -> onnx.ModelProto:
@@ -109,3 +114,18 @@ def test_fp16_conversion_keeps_the_int8_kernel_in_fp32() -> None:
     expected = run(model, x)[0]
     half = to_fp16(model)
     np.testing.assert_allclose(run(half, x)[0], expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("cpu, zero_point", [("x86_64", TensorProto.UINT8), ("arm64", TensorProto.INT8)])
+def test_export_types_the_kernel_activations_for_the_cpu(tmp_path: Path, cpu: str, zero_point: int) -> None:
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    model = fake_quantize(TinyEncoder(), (ids, mask))
+    path = export_onnx(model, (ids, mask), tmp_path / f"{cpu}.onnx", input_names=["ids", "mask"],
+                       output_names=["emb"], cpu=cpu)
+    proto = onnx.load(str(path))
+    assert Counter(n.op_type for n in proto.graph.node)["MatMulIntegerToFloat"] == 1
+    assert zero_point_type(proto) == zero_point
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0]
+    np.testing.assert_allclose(out, model(ids, mask).detach().numpy(), rtol=1e-4, atol=1e-5)
