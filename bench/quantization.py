@@ -27,6 +27,7 @@ from compressor.export.bench import compare_onnx
 from compressor.export.onnx import export_onnx
 from compressor.export.qdq_rules import check_trt
 from compressor.export.runtime import feeds, ort_session
+from compressor.io import write_text
 from compressor.recipe.loader import load_recipe
 from compressor.stages.quantize import QuantizeParams, quantize_model
 from compressor.stages.quantize.qat import quantization_aware_training
@@ -213,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
-    text = DOC.read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
             start = time.time()
@@ -226,12 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{platform.machine()}, {THREADS} ORT threads unless the table says otherwise, torch {torch.__version__}; "
                      "medians of interleaved runs).")
             print(block + "\n", flush=True)
-            begin, end = f"<!-- BENCH:{name}:BEGIN -->", f"<!-- BENCH:{name}:END -->"
-            text = re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _m: f"{begin}\n{block}\n{end}",
-                          text, flags=re.S)
-    if not args.no_write:
-        DOC.write_text(text)
-        print(f"updated {DOC}")
+            if not args.no_write:  # per model, re-reading the doc: edits made during the run survive
+                begin, end = f"<!-- BENCH:{name}:BEGIN -->", f"<!-- BENCH:{name}:END -->"
+                write_text(DOC, re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _m: f"{begin}\n{block}\n{end}",
+                                       DOC.read_text(), flags=re.S))
+                print(f"updated {DOC}")
     return 0
 
 
