@@ -104,8 +104,10 @@ class _Checker:
                                      f"opset >= {self.rules.min_opset}")
         for node in self.nodes:
             if node.op_type in UNSUPPORTED_OPS:
-                self.flag("unsupported-op", node, f"{node.op_type} is not parsed by TensorRT; export "
-                                                  "fake-quantized models as QuantizeLinear/DequantizeLinear")
+                hint = ("; compressor's ONNX Runtime exports write it, export for a TensorRT target "
+                        "(--target jetson-orin, ...) instead" if node.op_type == "MatMulIntegerToFloat" else
+                        "; export fake-quantized models as QuantizeLinear/DequantizeLinear")
+                self.flag("unsupported-op", node, f"{node.op_type} is not parsed by TensorRT{hint}")
             elif node.op_type in QDQ_OPS:
                 self.check_qdq(node)
         return self.found

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.export.onnx import export_onnx
 from compressor.export.ort_kernels import integer_matmuls
+from compressor.export.qdq_rules import check_trt
 from export_helpers import TinyEncoder, fake_quantize
 
 
@@ -69,6 +70,9 @@ def test_matmul_and_bias_become_one_int8_kernel_with_uint8_activations() -> None
     assert model.graph.node[0].op_type == "QuantizeLinear" and model.graph.node[0].input[0] == "x"
     assert zero_point_type(model) == TensorProto.UINT8
     np.testing.assert_allclose(run(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
+    # an ONNX Runtime-only file: check-trt says so and where to go instead
+    kernel_flags = [v for v in check_trt(model) if v.rule == "unsupported-op"]
+    assert len(kernel_flags) == 1 and "TensorRT target" in kernel_flags[0].message
 
 
 def test_arm_keeps_int8_activations() -> None:
