@@ -156,6 +156,26 @@ def test_ort_export_fuses_every_conv_into_int8_kernels_and_parses_in_tensorrt(tm
     assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()
 
 
+def test_a_conv_with_float_output_gets_float_weights_for_ort(tmp_path: Path) -> None:
+    # conv -> relu -> conv -> relu -> pool -> linear: the second conv's output is not quantized, so
+    # ORT cannot fuse it and would dequantize its weights at every run; they are stored as floats
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 1, 8, 8)
+    wrap_layers(model, plan_layers(model, LayerSelection(), TensorPlan(8), TensorPlan(8, observer="minmax"), True))
+    calibrate(model, [(torch.randn(4, 1, 8, 8),) for _ in range(2)])
+    path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"])
+    graph = onnx.load(str(path)).graph
+    inits = {i.name for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert [c.input[1] in inits for c in convs] == [False, True]  # first: DQ(int8), second: float
+    fused = op_counts(path, optimized=True)
+    assert fused["QLinearConv"] == 1, fused
+    out = ort_session(path).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_tensorrt_export_quantizes_the_residual_and_follows_the_rules(tmp_path: Path) -> None:
     model, _, x = quantize_residual("residual")
     path = export_onnx(model, (x,), tmp_path / "q.onnx", input_names=["x"], output_names=["y"],
