@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.export.qdq_graph import _readers, _replace_nodes, _topological
+from compressor.export.qdq_graph import _axis, _readers, _replace_nodes, _topological
 
 #: Ops that only move data: a per-tensor Q commutes with them.
 DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
@@ -91,7 +91,7 @@ def _dequantizes_weight(node: onnx.NodeProto | None, inits: dict[str, onnx.Tenso
             or inits[node.input[0]].data_type not in EIGHT_BIT:
         return False
     per_column = numpy_helper.to_array(inits[node.input[1]]).size > 1
-    return not per_column or next((a.i for a in node.attribute if a.name == "axis"), 1) in (1, -1)
+    return not per_column or _axis(node) in (1, -1)
 
 
 def _bias_add(mm: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],

@@ -79,13 +79,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             x = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
             scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
             zp = numpy_helper.to_array(inits[node.input[2]])
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            if scale.ndim == 1 and scale.size > 1:
-                shape = [1] * x.ndim
-                shape[axis] = -1
-                scale, zp_b = scale.reshape(shape), zp.reshape(shape)
-            else:
-                zp_b = zp
+            scale, zp_b = _along_axis(node, x.ndim, scale, zp)
             info = np.iinfo(zp.dtype)
             low = info.min + 1 if zp.dtype == np.int8 else info.min  # narrow range for weights
             q = np.clip(np.rint(x / scale) + zp_b.astype(np.int32), low, info.max).astype(zp.dtype)
@@ -148,8 +142,7 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
         stored = numpy_helper.from_array(np.ascontiguousarray(weight.T), dq.input[0] + "_T")
         graph.initializer.append(stored)
         dq.input[0] = stored.name
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % 2
-        _set_attribute(dq, "axis", 1 - axis)
+        _set_attribute(dq, "axis", 1 - _axis(dq) % 2)
         renames[t.output[0]] = dq.output[0]
         drop.add(id(t))
     _replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
@@ -216,7 +209,7 @@ def _packable(mm: onnx.NodeProto, inits: dict[str, onnx.TensorProto], producers:
             or not all(name in inits for name in dq.input[1:3]):
         return None
     per_channel = numpy_helper.to_array(inits[dq.input[1]]).size > 1
-    if per_channel and next((a.i for a in dq.attribute if a.name == "axis"), 1) not in (1, -1):
+    if per_channel and _axis(dq) not in (1, -1):
         return None
     adds = readers[mm.output[0]]
     if len(adds) != 1 or adds[0].op_type != "Add":
@@ -266,11 +259,8 @@ def dequantize_unfused_conv_weights(model: onnx.ModelProto) -> int:
         if len(out) == 1 and out[0].op_type == "QuantizeLinear":
             continue  # ONNX Runtime fuses it into QLinearConv
         weight = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
-        scale, zero = (numpy_helper.to_array(inits[n]).astype(np.float32) for n in dq.input[1:3])
-        if scale.size > 1:
-            shape = [1] * weight.ndim
-            shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        scale, zero = _along_axis(dq, weight.ndim, *(numpy_helper.to_array(inits[n]).astype(np.float32)
+                                                     for n in dq.input[1:3]))
         name = dq.output[0] + "_float"
         graph.initializer.append(numpy_helper.from_array(((weight - zero) * scale).astype(np.float32), name))
         conv.input[1] = name
@@ -361,6 +351,20 @@ def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
         for i in n.input:
             readers[i].append(n)
     return readers
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    """A Q/DQ node's quantization axis (ONNX default 1)."""
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def _along_axis(node: onnx.NodeProto, ndim: int, *params: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A Q/DQ node's scale and zero point, shaped to broadcast over an ``ndim``-d tensor."""
+    if params[0].ndim != 1 or params[0].size == 1:
+        return params
+    shape = [1] * ndim
+    shape[_axis(node)] = -1
+    return tuple(p.reshape(shape) for p in params)
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
