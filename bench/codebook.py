@@ -72,7 +72,7 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
     exact = all(torch.equal(v, packed.state_dict()[k]) for k, v in model.state_dict().items())
 
     from compressor.pipeline import build_task
-    from compressor.recipe import load_recipe
+    from compressor.recipe.loader import load_recipe
 
     task = build_task(load_recipe(recipe), model)
     inputs = task.example_inputs(32)

@@ -54,7 +54,7 @@ def latencies(paths: dict[str, str]) -> dict[str, float]:
     from compressor.export.bench import interleaved
     from compressor.export.runtime import feeds, ort_session
     from compressor.pipeline import build_task
-    from compressor.recipe import load_recipe
+    from compressor.recipe.loader import load_recipe
     from compressor.sources import load_model
 
     recipe = load_recipe({"model": {"zoo": "minilm"}})
@@ -97,7 +97,7 @@ def main() -> None:
 def _export_fp32(path: Path) -> None:
     from compressor.export.onnx import export_onnx
     from compressor.pipeline import build_task
-    from compressor.recipe import load_recipe
+    from compressor.recipe.loader import load_recipe
     from compressor.sources import load_model
 
     recipe = load_recipe({"model": {"zoo": "minilm"}})

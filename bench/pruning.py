@@ -19,14 +19,14 @@ import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from recipebench import last_checkpoint, main, recipe, run, table  # noqa: E402
 
 import compressor  # noqa: E402
 from compressor.export.bench import compare_onnx  # noqa: E402
 from compressor.export.onnx import export_onnx  # noqa: E402
 from compressor.export.sparsity import semi_structured_report  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
+from compressor.recipe.loader import load_recipe  # noqa: E402
 from compressor.sources import load_model  # noqa: E402
-from recipebench import last_checkpoint, main, recipe, run, table  # noqa: E402
 
 
 def _ratio(value: float, base: float) -> str:

@@ -27,6 +27,7 @@ from compressor.export.bench import compare_onnx
 from compressor.export.onnx import export_onnx
 from compressor.export.qdq_rules import check_trt
 from compressor.export.runtime import feeds, ort_session
+from compressor.export.targets import QUANT_RULES
 from compressor.io import write_text
 from compressor.recipe.loader import load_recipe
 from compressor.stages.quantize import QuantizeParams, quantize_model
@@ -183,8 +184,8 @@ def bench_resnet(tmp: Path, samples: int) -> str:
     model = build_model("resnet18")
     task = DATASETS["imagenet-synthetic"].build(model=model)
     params = QuantizeParams(calibration_samples=samples)
-    ours, _, _ = quantize_model(copy.deepcopy(model), task, params, quant_rules="ort-cpu")
-    trt, _, _ = quantize_model(copy.deepcopy(model), task, params, quant_rules="tensorrt")
+    ours, _, _ = quantize_model(copy.deepcopy(model), task, params, rules=QUANT_RULES["ort-cpu"])
+    trt, _, _ = quantize_model(copy.deepcopy(model), task, params, rules=QUANT_RULES["tensorrt"])
     paths = {"fp32": export(model, task, tmp / "r18.onnx")}
     paths["ours, ORT placement"] = export(ours, task, tmp / "r18_ours.onnx")
     paths["ours, TensorRT placement"] = export(trt, task, tmp / "r18_trt.onnx", runtime="tensorrt")

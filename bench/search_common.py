@@ -2,7 +2,7 @@
 reproduce the best recipe with `compressor run`, and write the doc page with its figures.
 
 Every latency here is a ratio to the input model timed in turns with it in one process
-(``compressor.search.objective.relative_latency``), so figures taken minutes apart compare.
+(``compressor.search.latency.relative_latency``), so figures taken minutes apart compare.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from compressor import api
-from compressor.recipe import Recipe, load_recipe
-from compressor.search.objective import LatencySettings, relative_latency
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
+from compressor.search.latency import relative_latency
 from compressor.search.report import SearchSummary
 from compressor.search.study import Search
 
@@ -30,7 +31,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # `compressor run` of the best recip
 def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=None, help="default: the recipe's search.trials")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / out)
     parser.add_argument("--resume", action="store_true",
                         help="continue the studies in --out (default: start them afresh, so the figures "
@@ -51,7 +52,7 @@ class Outcome:
 def run_search(recipe: Recipe, out: Path, *, trials: int | None, threads: int | None,
                name: str | None = None) -> Outcome:
     start = time.perf_counter()
-    search = Search(recipe, out, trials=trials, threads=threads, study_name=name)
+    search = Search(recipe, out, trials=trials, torch_threads=threads, study_name=name)
     summary = search.run()
     return Outcome(search, summary, time.perf_counter() - start)
 
@@ -73,7 +74,7 @@ def reproduce(outcome: Outcome, out: Path) -> dict[str, Any]:
     summary = outcome.summary
     report = api.run(load_recipe(summary.files["best"]), run_dir=out, overwrite=True)
     search = outcome.search
-    settings = LatencySettings.of(search.recipe)
+    settings = search.settings
     ratio, _ = relative_latency({"run": Path(report.artifacts["onnx"])}, search.reference,
                                 search.task.example_inputs(settings.batch), settings)["run"]
     trial = summary.row(summary.best)
@@ -87,7 +88,7 @@ def batch_stability(outcome: Outcome, batches: tuple[int, ...] = (1, 16, 128), r
     from dataclasses import replace
 
     search, best = outcome.search, outcome.summary.row(outcome.summary.best)
-    settings = LatencySettings.of(search.recipe)
+    settings = search.settings
     lines = ["| batch | " + " | ".join(f"speed-up, run {i + 1}" for i in range(repeats)) + " |",
              "|---|" + "---|" * repeats]
     for batch in batches:

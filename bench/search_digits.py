@@ -6,7 +6,7 @@
 then writes docs/search_digits.md and docs/search_digits_pareto.png.
 
     .venv/bin/python bench/search_digits.py                 # ~10 min on 2 busy cores
-    .venv/bin/python bench/search_digits.py --trials 20 --threads 1
+    .venv/bin/python bench/search_digits.py --trials 20 --torch-threads 1
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_common import (ROOT, parse_args, batch_stability, best_within, copy_plot, environment,  # noqa: E402
-                           nearest, reproduce, run_search, side_by_side, uniform_sweep)
+from search_common import (ROOT, batch_stability, best_within, copy_plot, environment, nearest,  # noqa: E402
+                           parse_args, reproduce, run_search, side_by_side, uniform_sweep)
 
 from compressor.io import write_text  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
+from compressor.recipe.loader import load_recipe  # noqa: E402
 from compressor.search.objective import counted  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "search_digits.yaml"
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = load_recipe(RECIPE)
     budget = recipe.search.budget.latency_ratio
-    found = run_search(recipe, args.out / "search", trials=args.trials, threads=args.threads)
-    uniform = uniform_sweep(recipe, args.out / "uniform", threads=args.threads)
+    found = run_search(recipe, args.out / "search", trials=args.trials, threads=args.torch_threads)
+    uniform = uniform_sweep(recipe, args.out / "uniform", threads=args.torch_threads)
     best = found.summary.row(found.summary.best) if found.summary.best is not None else None
     again = reproduce(found, args.out / "reproduce") if best else None
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("uniform of nearest latency: uniform", nearest(uniform.summary.trials, best["latency_ratio"])))
     trials = len(counted(found.search.study.get_trials(deepcopy=False)))
     command = "python bench/search_digits.py" + (f" --trials {args.trials}" if args.trials else "") + (
-        f" --threads {args.threads}" if args.threads else "")
+        f" --torch-threads {args.torch_threads}" if args.torch_threads else "")
     lines = [
         "# Search on digits_cnn: per-layer sparsity and bits under a latency budget", "",
         f"Measured {date.today().isoformat()} on this machine ({environment()}) with `{command}`; "

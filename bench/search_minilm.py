@@ -5,7 +5,7 @@ report) and writes docs/search_minilm.md and docs/search_minilm_pareto.png. The 
 is 30 minutes of wall time on this machine.
 
     .venv/bin/python bench/search_minilm.py
-    .venv/bin/python bench/search_minilm.py --trials 8 --threads 2
+    .venv/bin/python bench/search_minilm.py --trials 8 --torch-threads 2
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_common import ROOT, copy_plot, parse_args, environment, run_search, side_by_side  # noqa: E402
+from search_common import ROOT, copy_plot, environment, parse_args, run_search, side_by_side  # noqa: E402
 
 from compressor.io import write_text  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
+from compressor.recipe.loader import load_recipe  # noqa: E402
 from compressor.search.report import table  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "search_minilm.yaml"
@@ -28,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, "bench-search-minilm", argv)
 
     recipe = load_recipe(RECIPE)
-    found = run_search(recipe, args.out, trials=args.trials, threads=args.threads)
+    found = run_search(recipe, args.out, trials=args.trials, threads=args.torch_threads)
     summary = found.summary
     minutes = found.seconds / 60
     warm = [(f"{r['warm_start']} warm start: search", r) for r in summary.trials
             if r["warm_start"] and r["quality"] is not None]
     best = [("searched best: search", summary.row(summary.best))] if summary.best is not None else []
     command = "python bench/search_minilm.py" + (f" --trials {args.trials}" if args.trials else "") + (
-        f" --threads {args.threads}" if args.threads else "")
+        f" --torch-threads {args.torch_threads}" if args.torch_threads else "")
     budget = ", ".join(f"{k} <= {v}" for k, v in summary.budget.items())
     lines = [
         "# Search on MiniLM: int8 or float per group, FFN width, under a latency budget", "",

@@ -6,7 +6,8 @@
 """
 from compressor.api import deploy, load_model, resume, run
 from compressor.errors import CompressorError, RecipeError, RecipeErrors
-from compressor.recipe import Recipe, load_recipe
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
 from compressor.report import Report
 
 __all__ = ["CompressorError", "Recipe", "RecipeError", "RecipeErrors", "Report", "deploy", "load_model",

@@ -7,9 +7,17 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pydantic import ValidationError
 from torch import nn
 
-from compressor.errors import CompressorError
-from compressor.recipe import Recipe, load_recipe
+from compressor.checkpoint import restore
+from compressor.errors import CompressorError, ExportError
+from compressor.export.deploy import export_model
+from compressor.export.params import ExportParams
+from compressor.export.targets import TARGETS
+from compressor.export_source import resolve_source
+from compressor.pipeline import Pipeline
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
 from compressor.report import Report
+from compressor.search.study import Search, default_run_dir
 
 if TYPE_CHECKING:
     from compressor.export.deploy import ExportResult
@@ -19,8 +27,6 @@ if TYPE_CHECKING:
 def run(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
         run_dir: str | Path | None = None, overwrite: bool = False) -> Report:
     """Run a recipe (a :class:`Recipe`, a YAML path or a dict) and return its report."""
-    from compressor.pipeline import Pipeline
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides=overrides)
     elif overrides:
@@ -35,8 +41,6 @@ def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequen
 
     Running it again with the same ``run_dir`` (or ``storage``) resumes the study.
     """
-    from compressor.search.study import Search, default_run_dir
-
     if not isinstance(recipe, Recipe) or overrides:
         recipe = load_recipe(recipe.to_dict() if isinstance(recipe, Recipe) else recipe, overrides=overrides)
     return Search(recipe, run_dir or default_run_dir(recipe), storage=storage, study_name=study_name,
@@ -45,15 +49,11 @@ def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequen
 
 def resume(run_dir: str | Path) -> Report:
     """Continue an interrupted run; finished stages are skipped."""
-    from compressor.pipeline import Pipeline
-
     return Pipeline.resume(run_dir).run()
 
 
 def load_model(checkpoint: str | Path) -> nn.Module:
     """Rebuild a compressed model from a stage checkpoint (``RUN_DIR/checkpoints/NN-stage.pt``)."""
-    from compressor.checkpoint import restore
-
     return restore(checkpoint)
 
 
@@ -65,12 +65,6 @@ def deploy(source: str | Path, *, target: str | None = None, out: str | Path | N
     Raises :class:`~compressor.errors.ExportError` when parity or TensorRT's Q/DQ rules fail;
     the bundle is written either way.
     """
-    from compressor.errors import ExportError
-    from compressor.export.deploy import export_model
-    from compressor.export.targets import TARGETS
-    from compressor.export_source import resolve_source
-    from compressor.stages.export import ExportParams
-
     src = resolve_source(source)
     name = target or src.recipe.target
     if name not in TARGETS:

@@ -6,25 +6,20 @@ section, replays each stage's ``restore(model, state)`` and loads the weights, s
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from compressor.context import StageRecord
 from compressor.errors import ModelLoadError
 from compressor.io import save_torch
 from compressor.recipe.schema import ModelSpec
+from compressor.sources import load_model
+from compressor.stages import STAGES
 
 FORMAT = "compressor-checkpoint/1"
-
-
-@dataclass
-class StageRecord:
-    kind: str
-    name: str
-    state: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, model: nn.Module, records: list[StageRecord], model_spec: ModelSpec) -> None:
@@ -38,9 +33,6 @@ def save_checkpoint(path: Path, model: nn.Module, records: list[StageRecord], mo
 
 def restore(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     """Rebuild a compressed model from a checkpoint (``base``: the uncompressed model to start from)."""
-    from compressor.sources import load_model
-    from compressor.stages import STAGES
-
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -8,6 +8,8 @@ import os
 import sys
 import warnings
 
+from compressor.errors import CompressorError
+
 #: Command modules, in the order `--help` lists them; each defines ``register(subparsers)``.
 COMMANDS = ("run", "search", "export", "check_trt", "bench", "sensitivity", "validate", "schema", "zoo",
             "targets")
@@ -48,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compressor.errors import CompressorError
-
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     if not debug:

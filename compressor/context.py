@@ -4,15 +4,27 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 from tqdm.auto import tqdm
 
-from compressor.checkpoint import StageRecord, restore
 from compressor.export.targets import Target
 from compressor.recipe.schema import Recipe
 from compressor.task import Task
+
+
+@dataclass
+class StageRecord:
+    """What a finished stage leaves behind for checkpoints: its kind, name and ``state()``."""
+
+    kind: str
+    name: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+#: Rebuilds a model from a stage checkpoint path, starting from ``base`` when given.
+Restore = Callable[..., nn.Module]
 
 
 @dataclass
@@ -24,6 +36,9 @@ class Context:
     run_dir: Path
     #: The uncompressed input model (kept frozen; teacher "original").
     original: nn.Module
+    #: ``compressor.checkpoint.restore``, handed in by the pipeline: checkpoints replay stages, so
+    #: stages reach them through the context rather than by import.
+    restore: Restore = field(repr=False)
     #: States of the stages applied so far, in order (saved in every checkpoint).
     records: list[StageRecord] = field(default_factory=list)
     #: Checkpoint path of each finished stage, by stage name.
@@ -42,7 +57,7 @@ class Context:
             raise KeyError(f"no stage named {stage_name!r}; stages: {', '.join(names)}")
         for previous in reversed(names[:names.index(stage_name)]):
             if previous in self.checkpoints:
-                return restore(self.checkpoints[previous], base=copy.deepcopy(self.original))
+                return self.restore(self.checkpoints[previous], base=copy.deepcopy(self.original))
         return copy.deepcopy(self.original)
 
     def log(self, message: str) -> None:

@@ -12,11 +12,16 @@ from pathlib import Path
 
 from torch import nn
 
+from compressor.checkpoint import read_records, restore
 from compressor.errors import CompressorError
 from compressor.export.deploy import Provenance
-from compressor.recipe import Recipe, load_recipe
-from compressor.stages.export import ExportParams
+from compressor.export.params import ExportParams
+from compressor.pipeline import RUN_STATE, build_task, seed_everything
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
+from compressor.sources import load_model
 from compressor.task import Task
+from compressor.zoo import MODELS
 
 
 @dataclass
@@ -33,9 +38,6 @@ class ExportSource:
 
 def resolve_source(source: str | Path) -> ExportSource:
     """A run directory, a recipe file or a zoo model name -> what to export."""
-    from compressor.pipeline import RUN_STATE
-    from compressor.zoo import MODELS
-
     path = Path(source)
     if path.is_dir():
         if not (path / RUN_STATE).is_file():
@@ -52,10 +54,6 @@ def resolve_source(source: str | Path) -> ExportSource:
 
 
 def _from_run(run_dir: Path) -> ExportSource:
-    from compressor.checkpoint import read_records, restore
-    from compressor.pipeline import RUN_STATE, build_task, seed_everything
-    from compressor.sources import load_model
-
     recipe = load_recipe(run_dir / "recipe.yaml")
     state = json.loads((run_dir / RUN_STATE).read_text())
     seed_everything(recipe.seed)
@@ -74,13 +72,10 @@ def _from_run(run_dir: Path) -> ExportSource:
 
 
 def _from_recipe(recipe: Recipe, *, label: str) -> ExportSource:
-    from compressor.pipeline import build_task, recipe_hash, seed_everything
-    from compressor.sources import load_model
-
     seed_everything(recipe.seed)
     model = load_model(recipe.model)
     task = build_task(recipe, model)
-    provenance = Provenance(recipe_hash=recipe_hash(recipe), stages=[], recipe=recipe.name)
+    provenance = Provenance(recipe_hash=recipe.digest(), stages=[], recipe=recipe.name)
     name = recipe.name or label
     return ExportSource(name, model, task, recipe, _params(recipe), provenance,
                         Path("runs") / f"{name}-export" / "deploy")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Annotated, Any, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -29,6 +30,17 @@ class LayerSelection(BaseModel):
     ignore: list[str] = Field(default_factory=list, description="Selectors of layers to leave alone.")
     per_layer: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-layer overrides: {SELECTOR: {field: value}}.")
+    #: What ``per_layer`` may set: field name -> its type (None: the type and bounds of the stage's
+    #: own field of that name). Each stage's params declare theirs ({} for none) and the one check
+    #: below serves all; a plain selection (None) leaves the values to whoever reads them.
+    per_layer_fields: ClassVar[dict[str, Any] | None] = None
+
+    @field_validator("per_layer")
+    @classmethod
+    def _check_per_layer(cls, per_layer: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if cls.per_layer_fields is not None:
+            check_per_layer(cls, per_layer, cls.per_layer_fields)
+        return per_layer
 
 
 def matches(name: str, module: nn.Module, selector: str) -> bool:
@@ -75,19 +87,36 @@ def materialize(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_per_layer(params: BaseModel, fields: Iterable[str]) -> None:
-    """Validate ``params.per_layer``: only ``fields`` may be overridden, each value checked
-    against that field's own type and bounds. Raises ``ValueError`` naming selector and field."""
-    allowed = set(fields)
-    model_fields = type(params).model_fields
-    for selector, values in getattr(params, "per_layer").items():
+def check_per_layer(params_type: type[BaseModel], per_layer: Mapping[str, Mapping[str, Any]],
+                    fields: Mapping[str, Any]) -> None:
+    """Only ``fields`` may be set per layer, each value checked against its type (None: the type
+    and bounds of ``params_type``'s field of that name).
+
+    Raises a ``per_layer`` pydantic error whose context holds the key path below ``per_layer``
+    (selector, field), so that the recipe loader points at the exact line.
+    """
+    for selector, values in per_layer.items():
         for name, value in values.items():
-            if name not in allowed:
-                raise ValueError(f"per_layer[{selector!r}]: unknown field {name!r}; "
-                                 f"per-layer fields: {', '.join(sorted(allowed))}")
-            info = model_fields[name]
-            kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+            if name not in fields:
+                raise _per_layer_error((selector, name), f"unknown field {name!r}; {_settable(fields)}")
+            kind = fields[name]
+            if kind is None:
+                info = params_type.model_fields[name]
+                kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
             try:
                 TypeAdapter(kind).validate_python(value)
             except ValidationError as exc:
-                raise ValueError(f"per_layer[{selector!r}].{name}: {exc.errors()[0]['msg']}") from None
+                raise _per_layer_error((selector, name), exc.errors()[0]["msg"]) from None
+
+
+def _per_layer_error(path: tuple[str, str], message: str) -> PydanticCustomError:
+    return PydanticCustomError("per_layer", "{text}", {"selector": path[0], "field": path[1], "message": message,
+                                                       "text": f"per_layer[{path[0]!r}].{path[1]}: {message}"})
+
+
+def _settable(fields: Mapping[str, Any]) -> str:
+    names = [f"'{n}'" for n in fields]
+    if not names:
+        return "this stage takes no per-layer values"
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"only {listed} can be set per layer"

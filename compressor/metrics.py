@@ -1,14 +1,14 @@
-"""Model measurements reported after every stage: parameters, MACs, storage and latency."""
+"""Model measurements reported after every stage: parameters, MACs and storage (latency:
+:func:`compressor.export.bench.onnx_latency`)."""
 from __future__ import annotations
 
 import copy
-import tempfile
 import warnings
-from pathlib import Path
-from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import Tensor, nn
+from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from compressor.layers import materialize
 
@@ -27,8 +27,6 @@ def count_macs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> int | No
     The counter hooks standard layers only, so modules that store weights compactly and define
     ``to_dense()`` (codebook layers) are counted as the plain layer they compute.
     """
-    import torch_pruning as tp
-
     if any(hasattr(m, "to_dense") for m in model.modules()):
         model = materialize(copy.deepcopy(model))
     _count_subclasses_like_bases(model)
@@ -44,8 +42,6 @@ def count_macs(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> int | No
 def _count_subclasses_like_bases(model: nn.Module) -> None:
     """Let torch-pruning's counter (keyed by exact class) count subclasses of the layers it knows,
     e.g. sparse or fake-quantized convs, like their base: they run the same dense kernels."""
-    from torch_pruning.utils.op_counter import MODULES_MAPPING
-
     for module in model.modules():
         cls = type(module)
         if cls not in MODULES_MAPPING:
@@ -74,18 +70,3 @@ def storage_bytes(model: nn.Module) -> int:
         counted.add(id(tensor))
         bits += tensor.numel() * tensor.element_size() * 8
     return (bits + 7) // 8
-
-
-def onnx_latency(model: nn.Module, task: Any, *, batch: int = 1, threads: int | None = None,
-                 warmup: int = 5, iterations: int = 30, opset: int = 17) -> dict[str, float]:
-    """Export to a temporary ONNX file and time it in ONNX Runtime (the CPU target's runtime)."""
-    from compressor.export.bench import ort_latency
-    from compressor.export.onnx import export_onnx
-
-    inputs = task.example_inputs(batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, inputs, path, input_names=task.input_names,
-                    output_names=task.output_names, dynamic_axes=task.dynamic_axes, opset=opset)
-        lat = ort_latency(str(path), inputs, threads=threads, warmup=warmup, iterations=iterations)
-    return {"latency_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms}

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import random
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,31 +15,27 @@ import numpy as np
 import torch
 import yaml
 
-from compressor.checkpoint import StageRecord, restore, save_checkpoint
-from compressor.context import Context
+from compressor.checkpoint import read_records, restore, save_checkpoint
+from compressor.context import Context, StageRecord
 from compressor.errors import CompressorError
+from compressor.export.bench import onnx_latency
 from compressor.export.targets import get_target
 from compressor.io import write_json, write_text
-from compressor.metrics import count_macs, count_nonzero, count_params, onnx_latency, storage_bytes
-from compressor.recipe import Recipe, load_recipe
+from compressor.metrics import count_macs, count_nonzero, count_params, storage_bytes
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
 from compressor.report import Report
 from compressor.sources import load_model
 from compressor.stages import STAGES
 from compressor.task import Task
+from compressor.zoo import DATASETS, MODELS
 
 RUN_STATE = "run.json"
 #: Called after each stage with (stage index, spec, metrics row, context); may raise to stop the run.
 StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
 
-def recipe_hash(recipe: Recipe) -> str:
-    text = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
-    from compressor.zoo import DATASETS, MODELS
-
     name = recipe.data.dataset or (MODELS[recipe.model.zoo].dataset if recipe.model.zoo else None)
     if name is None:
         raise CompressorError("data.dataset is required when the model is not from the zoo; "
@@ -62,7 +58,7 @@ def seed_everything(seed: int) -> None:
 
 
 class Pipeline:
-    """Executes a recipe into a run directory (see docs/run-directory.md for its layout)."""
+    """Executes a recipe into a run directory (its layout: README.md, "What the demo does")."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
                  on_stage: StageHook | None = None, light: bool = False,
@@ -106,7 +102,7 @@ class Pipeline:
         for p in model.parameters():
             p.requires_grad_(True)
         ctx = Context(model=model, task=task, recipe=recipe, target=target, run_dir=self.run_dir,
-                      original=original)
+                      original=original, restore=restore)
         if state.get("baseline") is None:
             state["baseline"] = self._measure(ctx, "input", "input", 0.0,
                                               latency=recipe.report.latency != "off")
@@ -121,8 +117,6 @@ class Pipeline:
                 ctx.checkpoints[spec.name] = ckpt
                 last_ckpt = ckpt
         if last_ckpt is not None:
-            from compressor.checkpoint import read_records
-
             ctx.model = restore(last_ckpt, base=copy.deepcopy(original))
             for p in ctx.model.parameters():
                 p.requires_grad_(True)
@@ -211,7 +205,7 @@ class Pipeline:
 
     def _prepare_run_dir(self) -> dict[str, Any]:
         state_path = self.run_dir / RUN_STATE
-        digest = recipe_hash(self.recipe)
+        digest = self.recipe.digest()
         if self._resuming:
             state = json.loads(state_path.read_text())
             if state.get("recipe_hash") != digest:
@@ -222,8 +216,6 @@ class Pipeline:
             if not self.overwrite:
                 raise CompressorError(f"{self.run_dir} already exists: resume it with "
                                       f"`compressor run --resume {self.run_dir}` or pass --overwrite")
-            import shutil
-
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))

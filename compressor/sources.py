@@ -12,6 +12,8 @@ from torch import nn
 
 from compressor.errors import ModelLoadError
 from compressor.recipe.schema import ModelSpec
+from compressor.zoo import build_model
+from compressor.zoo.minilm import load_sentence_embedder
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
@@ -19,13 +21,9 @@ def load_model(spec: ModelSpec) -> nn.Module:
     if spec.torchscript is not None:
         model = _load_torchscript(spec.torchscript)
     elif spec.huggingface is not None:
-        from compressor.zoo.minilm import load_sentence_embedder
-
         model = load_sentence_embedder(spec.huggingface, **spec.args)
     else:
         if spec.zoo is not None:
-            from compressor.zoo import build_model
-
             args = dict(spec.args)
             if spec.checkpoint is not None:
                 args.setdefault("pretrained", False)

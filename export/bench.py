@@ -6,12 +6,18 @@ variants in turns inside one process (:func:`interleaved`) and report medians an
 from __future__ import annotations
 
 import gc
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+from torch import nn
+
+from compressor.export.onnx import export_onnx, io_specs
+from compressor.export.runtime import feeds, ort_session
+from compressor.task import Task
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,6 @@ def interleaved(fns: Mapping[str, Callable[[], object]], *, batch: int = 1, warm
 def ort_runner(path: str | Path, inputs: tuple, threads: int | None = None,
                spinning: bool = False) -> Callable[[], object]:
     """A zero-argument call that runs ``inputs`` through an ONNX Runtime session of ``path``."""
-    from compressor.export.runtime import feeds, ort_session
-
     session = ort_session(path, threads, spinning=spinning)
     feed = feeds(session, inputs)
     return lambda: session.run(None, feed)
@@ -127,8 +131,6 @@ def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int
     whose name mentions "mask" are ones, other integers (token ids) lie in [0, 10): valid for any
     embedding table, and timing does not depend on the ids.
     """
-    from compressor.export.onnx import io_specs
-
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     out = []
@@ -153,3 +155,15 @@ def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int
 
 def _batch(inputs: tuple) -> int:
     return len(inputs[0]) if inputs and getattr(inputs[0], "ndim", 0) else 1
+
+
+def onnx_latency(model: nn.Module, task: Task, *, batch: int = 1, threads: int | None = None,
+                 warmup: int = 5, iterations: int = 30, opset: int = 17) -> dict[str, float]:
+    """Export to a temporary ONNX file and time it in ONNX Runtime (the CPU target's runtime)."""
+    inputs = task.example_inputs(batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, inputs, path, input_names=task.input_names,
+                    output_names=task.output_names, dynamic_axes=task.dynamic_axes, opset=opset)
+        lat = ort_latency(str(path), inputs, threads=threads, warmup=warmup, iterations=iterations)
+    return {"latency_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,6 @@ def write_bundle(deploy_dir: Path, *, task: Task, target: Target, io: dict[str, 
                  sample_inputs: tuple[Tensor, ...], sample_outputs: np.ndarray,
                  failures: list[str], notes: list[str]) -> Path:
     """Write manifest.json, infer.py and sample.npz into ``deploy_dir``; return the manifest path."""
-    import compressor
-
     deploy_dir.mkdir(parents=True, exist_ok=True)
     sample = {n: x.detach().cpu().numpy() for n, x in zip(task.input_names, sample_inputs)}
     with atomic_path(deploy_dir / "sample.npz") as tmp:
@@ -65,7 +64,7 @@ def write_bundle(deploy_dir: Path, *, task: Task, target: Target, io: dict[str, 
     manifest = {
         "format": FORMAT,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "compressor": compressor.__version__,
+        "compressor": version("compressor"),
         "status": "failed" if failures else "ok",
         "failures": failures,
         "notes": notes,

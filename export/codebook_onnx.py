@@ -53,9 +53,7 @@ def export_codebook_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], p
                          dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
                          exporter: Exporter = "torchscript") -> CompactOnnx:
     """Export ``model`` (with codebook layers) to ``path`` with its weights stored as indices."""
-    from compressor.stages.codebook.packing import codebook_layers
-
-    layers = codebook_layers(model)
+    layers = _indexed_layers(model)
     if not layers:
         raise ExportError("the model has no codebook layer: use the plain ONNX export")
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +93,13 @@ def export_codebook_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], p
         onnx.save(graph_model, str(tmp_path))
         onnx.checker.check_model(str(tmp_path))
     return CompactOnnx(path, dense_bytes, path.stat().st_size, len(layers))
+
+
+def _indexed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that store their weight as indices into a codebook (the codebook stage's layers),
+    recognised by what they hold, so that export depends on no stage."""
+    return {n: m for n, m in model.named_modules()
+            if all(hasattr(m, a) for a in ("indices", "codebook", "scale", "weight_shape", "clusters"))}
 
 
 def _find(weight: np.ndarray, arrays: dict[str, np.ndarray], used: set[str]) -> _Match | None:

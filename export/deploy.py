@@ -9,22 +9,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from compressor.cache import cache_dir
 from compressor.errors import StageError
 from compressor.export import bundle
+from compressor.export import tensorrt as trt
+from compressor.export.bench import compare_onnx
+from compressor.export.codebook_onnx import export_codebook_onnx
+from compressor.export.fp16 import KEEP_FLOAT, convert_file
 from compressor.export.onnx import export_onnx, io_specs, read_metadata
+from compressor.export.params import ExportParams, Tolerance
 from compressor.export.parity import Parity, engine_parity, onnx_parity, torch_outputs
+from compressor.export.qdq_rules import check_trt
+from compressor.export.roofline import efficiency, load_peaks
+from compressor.export.runtime import feeds, ort_session
 from compressor.export.targets import TARGETS, Target
+from compressor.metrics import count_macs, count_params
+from compressor.recipe.schema import ReportSpec
 from compressor.task import Task
-
-if TYPE_CHECKING:
-    from compressor.recipe.schema import ReportSpec
-    from compressor.stages.export import ExportParams, Tolerance
 
 FILES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-codebook": "model.codebook.onnx",
          "tensorrt": "model.engine"}
@@ -53,11 +60,9 @@ class ExportResult:
 
 
 def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str | Path,
-                 params: "ExportParams", *, provenance: Provenance | None = None,
-                 report: "ReportSpec | None" = None) -> ExportResult:
+                 params: ExportParams, *, provenance: Provenance | None = None,
+                 report: ReportSpec | None = None) -> ExportResult:
     """Export ``model`` for ``target`` into ``deploy_dir`` (see the module docstring)."""
-    from compressor.metrics import count_macs, count_params
-
     deploy_dir = Path(deploy_dir)
     provenance = provenance or Provenance()
     _check_formats(params.formats, target)
@@ -72,11 +77,12 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     # ---- ONNX (fp32 or Q/DQ int8)
     onnx_path = deploy_dir / FILES["onnx"]
     export_onnx(model, task.example_inputs(2), onnx_path, input_names=task.input_names,
-                output_names=task.output_names, dynamic_axes=axes, opset=params.opset or target.opset,
+                output_names=task.output_names, dynamic_axes=axes, opset=export_opset(params, target),
                 exporter=params.exporter, simplify=params.simplify,
                 metadata={"recipe_hash": provenance.recipe_hash or "", "stages": provenance.stages,
                           "target": target.name, "metrics": summary},
-                external_data_mb=params.external_data_mb, runtime=target.runtime, cpu=target.cpu)
+                external_data_mb=params.external_data_mb, runtime=target.runtime, cpu=target.cpu,
+                qdq_min_opset=target.rules.min_opset, narrow_weights=target.rules.narrow_range_weights)
     onnx_files = {"onnx": onnx_path}
 
     # ---- fp16; also the TensorRT input of float models where the target runs fp16. Q/DQ models
@@ -85,17 +91,13 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     qdq = read_metadata(onnx_path)["precision"] == "int8"
     trt_fp16 = "tensorrt" in params.formats and target.allows("fp16") and not qdq
     if "onnx-fp16" in params.formats or trt_fp16:
-        from compressor.export.fp16 import KEEP_FLOAT, convert_file
-
         keep = params.fp16_keep_float if params.fp16_keep_float is not None else KEEP_FLOAT
         onnx_files["onnx-fp16"] = convert_file(onnx_path, deploy_dir / FILES["onnx-fp16"], keep_float=keep,
                                                external_data_mb=params.external_data_mb)
     if "onnx-codebook" in params.formats:
-        from compressor.export.codebook_onnx import export_codebook_onnx
-
         compact = export_codebook_onnx(model, task.example_inputs(2), deploy_dir / FILES["onnx-codebook"],
                                        input_names=task.input_names, output_names=task.output_names,
-                                       dynamic_axes=axes, opset=params.opset or target.opset,
+                                       dynamic_axes=axes, opset=export_opset(params, target),
                                        exporter=params.exporter)
         onnx_files["onnx-codebook"] = compact.path
         res.metrics.update(onnx_codebook_bytes=compact.compact_bytes, onnx_dense_bytes=compact.dense_bytes)
@@ -178,11 +180,14 @@ def _check_formats(formats: list[str], target: Target) -> None:
                          f"{target.name} runs {target.runtime}")
 
 
+def export_opset(params: ExportParams, target: Target) -> int:
+    """The recipe's opset, else the target's, raised to what its quantization rules need."""
+    return params.opset or max(target.opset, target.rules.min_opset)
+
+
 def _check_qdq(path: Path, target: Target, res: ExportResult) -> None:
     """TensorRT targets must obey TensorRT's Q/DQ rules (ONNX Runtime exports obey them too, but a
     CPU target's run should not fail on a rule of a runtime it does not use)."""
-    from compressor.export.qdq_rules import check_trt
-
     if target.runtime != "tensorrt":
         return
     violations = check_trt(path)
@@ -193,22 +198,20 @@ def _check_qdq(path: Path, target: Target, res: ExportResult) -> None:
                         f"(`compressor check-trt {path}` lists all): {lines}")
 
 
-def _tolerance(params: "ExportParams", precision: str) -> "Tolerance":
+def _tolerance(params: ExportParams, precision: str) -> Tolerance:
     """fp16 (alone or with int8) is held to the fp16 tolerance, pure Q/DQ to int8's, else fp32's."""
     return params.parity.tolerance("fp16" if "fp16" in precision else precision)
 
 
-def _judge(fmt: str, precision: str, parity: Parity, params: "ExportParams", res: ExportResult) -> None:
+def _judge(fmt: str, precision: str, parity: Parity, params: ExportParams, res: ExportResult) -> None:
     tol = _tolerance(params, precision)
     broken = parity.failures(atol=tol.atol, min_cosine=tol.min_cosine, min_top1=tol.min_top1)
     if broken:
         res.failures.append(f"parity check failed for {fmt} ({precision}): " + ", ".join(broken))
 
 
-def _tensorrt(onnx_path: Path, task: Task, target: Target, params: "ExportParams", deploy_dir: Path,
+def _tensorrt(onnx_path: Path, task: Task, target: Target, params: ExportParams, deploy_dir: Path,
               res: ExportResult) -> dict[str, Any]:
-    from compressor.export import tensorrt as trt
-
     p = params.tensorrt
     example = {n: tuple(x.shape) for n, x in zip(task.input_names, task.example_inputs(1))}
     shapes = trt.profile_shapes(io_specs(onnx_path)["inputs"], example,
@@ -219,8 +222,6 @@ def _tensorrt(onnx_path: Path, task: Task, target: Target, params: "ExportParams
                              "expected_gpu": target.gpu, "compute_capability": target.compute_capability}
     reason = trt.unavailable_reason()
     if reason is None:
-        from compressor.zoo.cache import cache_dir
-
         cache = p.timing_cache or cache_dir() / "tensorrt-timing.cache"
         entry.update(trt.build_engine(onnx_path, deploy_dir / FILES["tensorrt"], shapes,
                                       workspace_mb=workspace, timing_cache=cache))
@@ -233,8 +234,6 @@ def _tensorrt(onnx_path: Path, task: Task, target: Target, params: "ExportParams
 @torch.no_grad()
 def _ort_quality(path: Path, task: Task, threads: int | None) -> float:
     """The task's quality metric computed with ONNX Runtime on the held-out split."""
-    from compressor.export.runtime import feeds, ort_session
-
     session = ort_session(path, threads)
     total, count = 0.0, 0
     for batch in task.loader("val"):
@@ -246,9 +245,7 @@ def _ort_quality(path: Path, task: Task, threads: int | None) -> float:
 
 
 def _latency(files: dict[str, Path], task: Task, target: Target,
-             report: "ReportSpec | None") -> dict[str, dict[str, Any]]:
-    from compressor.export.bench import compare_onnx
-
+             report: ReportSpec | None) -> dict[str, dict[str, Any]]:
     batch, warmup, iterations = (report.latency_batch, report.warmup, report.iterations) if report else (1, 5, 30)
     timings = compare_onnx(files, task.example_inputs(batch), threads=target.threads,
                            warmup=warmup, iterations=iterations)
@@ -261,8 +258,6 @@ def _roofline(macs: int | None, latency: dict[str, dict[str, Any]],
 
     ONNX Runtime's CPU kernels compute fp16 graphs in fp32, so fp16 is held to the fp32 peak.
     """
-    from compressor.export.roofline import efficiency, load_peaks
-
     peaks = load_peaks()
     if not peaks or not macs:
         return None

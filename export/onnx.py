@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from compressor.errors import ExportError
+from compressor.export.ort_kernels import host_cpu, integer_matmuls
+from compressor.export.qdq_graph import optimize_qdq
 
 Exporter = Literal["torchscript", "dynamo"]
 
@@ -37,7 +39,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                 metadata: Mapping[str, Any] | None = None,
                 external_data_mb: float = EXTERNAL_DATA_MB,
                 runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime",
-                cpu: Literal["x86_64", "arm64"] | None = None) -> Path:
+                cpu: Literal["x86_64", "arm64"] | None = None, qdq_min_opset: int = QDQ_MIN_OPSET,
+                narrow_weights: bool = True) -> Path:
     """Export ``model`` to ``path``, optionally simplify it, stamp ``metadata`` and check it.
 
     ``compressor.precision`` in the metadata says ``int8`` for Q/DQ graphs, else ``fp32``.
@@ -48,7 +51,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
     model's Q/DQ graph is cleaned up for ``runtime`` (see :mod:`compressor.export.qdq_graph`);
     for ``onnxruntime`` its int8 MatMuls then become ONNX Runtime's MatMulIntegerToFloat kernel
     with the bias inside, with activations typed for ``cpu`` (default: this machine's CPU;
-    :mod:`compressor.export.ort_kernels`).
+    :mod:`compressor.export.ort_kernels`). A Q/DQ graph below ``qdq_min_opset`` (the target's
+    ``QuantRules.min_opset``) is refused; ``narrow_weights``: int8 weights in [-127, 127]
+    (``QuantRules.narrow_range_weights``).
     """
     path = Path(path)
     model = model.eval()
@@ -58,18 +63,14 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
         _torch_export(model, example_inputs, raw, input_names=input_names, output_names=output_names,
                       dynamic_axes=dynamic_axes or {}, opset=opset, exporter=exporter)
         proto = onnx.load(str(raw))
-        if has_qdq(proto) and opset_of(proto) < QDQ_MIN_OPSET:
+        if has_qdq(proto) and opset_of(proto) < qdq_min_opset:
             raise ExportError(f"{path}: the model has fake-quant modules; Q/DQ export needs "
-                              f"opset >= {QDQ_MIN_OPSET} (got {opset_of(proto)})")
+                              f"opset >= {qdq_min_opset} (got {opset_of(proto)})")
         if has_qdq(proto):
-            from compressor.export.qdq_graph import optimize_qdq
-
-            proto = optimize_qdq(proto, runtime=runtime)
+            proto = optimize_qdq(proto, runtime=runtime, narrow_weights=narrow_weights)
         if simplify:
             proto = _simplify(proto)
         if has_qdq(proto) and runtime == "onnxruntime":
-            from compressor.export.ort_kernels import host_cpu, integer_matmuls
-
             integer_matmuls(proto, unsigned_activations=(cpu or host_cpu()) == "x86_64")
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
         save_onnx(proto, path, external_data_mb=external_data_mb)

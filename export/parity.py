@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compressor.export.runtime import feeds, ort_session
+from compressor.export.tensorrt import run_engine
+
 
 @dataclass(frozen=True)
 class Parity:
@@ -56,8 +59,6 @@ def torch_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> np.ndarray:
 
 def ort_outputs(onnx_path: str | Path, inputs: tuple[Tensor, ...] | tuple[np.ndarray, ...],
                 threads: int | None = None) -> np.ndarray:
-    from compressor.export.runtime import feeds, ort_session
-
     session = ort_session(onnx_path, threads)
     return np.asarray(session.run(None, feeds(session, inputs))[0], dtype=np.float32)
 
@@ -72,7 +73,5 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[Tensor, .
 def engine_parity(reference: np.ndarray, engine_path: str | Path, input_names: list[str],
                   inputs: tuple[Tensor, ...]) -> Parity:
     """Compare ``reference`` with a TensorRT engine's first output (needs a GPU)."""
-    from compressor.export.tensorrt import run_engine
-
     feed = {n: x.detach().cpu().numpy() for n, x in zip(input_names, inputs)}
     return compare(reference, np.asarray(run_engine(engine_path, feed)[0], dtype=np.float32))

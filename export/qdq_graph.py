@@ -5,6 +5,7 @@ included, and one pair per *call* (a quantizer shared by three Linears gives thr
 passes turn that into one graph that TensorRT parses and ONNX Runtime runs as int8 kernels:
 - ``fold_weight_quantizers``: Q(constant float weight) becomes an int8 initializer (4x smaller
   file, no Q at run time) read by its DequantizeLinear, clipped to the narrow range [-127, 127]
+  when the target's rules ask for it
   that TensorRT requires of weights (the fake quantizer clips the same way in PyTorch);
 - ``dedupe_qdq``: identical Q (and DQ) nodes on the same tensor become one;
 - ``fold_weight_transposes``: a Linear exports as DQ(int8 weight) -> Transpose -> MatMul; the
@@ -51,10 +52,12 @@ from onnx import helper, numpy_helper
 COMMUTING_OPS = ("Relu", "MaxPool")
 
 
-def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime") -> onnx.ModelProto:
-    """All passes for ``runtime`` ("onnxruntime" or "tensorrt"), in order; changes ``model``."""
+def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime",
+                 narrow_weights: bool = True) -> onnx.ModelProto:
+    """All passes for ``runtime`` ("onnxruntime" or "tensorrt"), in order; changes ``model``.
+    ``narrow_weights``: int8 weights in [-127, 127] (the target's ``narrow_range_weights``)."""
     _constants_to_initializers(model)
-    fold_weight_quantizers(model)
+    fold_weight_quantizers(model, narrow=narrow_weights)
     dedupe_qdq(model)
     fold_weight_transposes(model)
     if runtime == "onnxruntime":
@@ -67,8 +70,9 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime") -> onn
     return model
 
 
-def fold_weight_quantizers(model: onnx.ModelProto) -> int:
-    """Replace QuantizeLinear of constant inputs by their integer initializers; returns the count."""
+def fold_weight_quantizers(model: onnx.ModelProto, *, narrow: bool = True) -> int:
+    """Replace QuantizeLinear of constant inputs by their integer initializers; returns the count.
+    ``narrow``: int8 values in [-127, 127], never -128."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     folded, keep = 0, []
@@ -81,7 +85,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             zp = numpy_helper.to_array(inits[node.input[2]])
             scale, zp_b = _along_axis(node, x.ndim, scale, zp)
             info = np.iinfo(zp.dtype)
-            low = info.min + 1 if zp.dtype == np.int8 else info.min  # narrow range for weights
+            low = info.min + 1 if narrow and zp.dtype == np.int8 else info.min
             q = np.clip(np.rint(x / scale) + zp_b.astype(np.int32), low, info.max).astype(zp.dtype)
             name = node.output[0] + "_int"
             graph.initializer.append(numpy_helper.from_array(q, name))

@@ -117,9 +117,7 @@ class _Checker:
         scale = self.constant(node, 1, "scale")
         zp_type = self.zero_point(node)
         if zp_type is not None:
-            allowed = dict(_QTYPE_OPSET)
-            if not self.rules.signed_activations:
-                allowed[TensorProto.UINT8] = 10
+            allowed = _QTYPE_OPSET
             type_name = TensorProto.DataType.Name(zp_type)
             if zp_type not in allowed:
                 self.flag("signed-int8", node, f"quantized type is {type_name}; use signed int8 "

@@ -16,6 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compressor.cache import cache_dir
+from compressor.export.bench import interleaved, ort_runner
+from compressor.io import write_json
+
 #: GEMM kernels measured, with the dtype of their input A: ``fp32`` MatMul; ``int8`` a MatMul between
 #: Q/DQ pairs (symmetric int8, as our exports are), which ONNX Runtime fuses into its int8 kernels the
 #: way it does for a whole Q/DQ model; ``int8-u8s8`` the raw MatMulInteger kernel with uint8
@@ -56,8 +60,6 @@ def measure_peaks(size: int = 1024, threads: Iterable[int | None] = (1, None), *
     """GMAC/s of each kernel at each thread count (None: ONNX Runtime's default), interleaved."""
     import tempfile
 
-    from compressor.export.bench import interleaved, ort_runner
-
     rng = np.random.default_rng(0)
     peaks: dict[str, Any] = {"cpu": cpu_name(), "size": size, "gmacs": {k: {} for k in KERNELS}}
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -91,14 +93,10 @@ def efficiency(macs: float, latency_ms: float, peaks: dict[str, Any], kernel: st
 
 
 def peaks_path() -> Path:
-    from compressor.zoo.cache import cache_dir
-
     return cache_dir() / "roofline.json"
 
 
 def save_peaks(peaks: dict[str, Any], path: str | Path | None = None) -> Path:
-    from compressor.io import write_json
-
     path = Path(path) if path else peaks_path()
     write_json(path, peaks)
     return path

@@ -14,35 +14,42 @@ Precision = Literal["fp32", "fp16", "int8", "fp8"]
 
 @dataclass(frozen=True)
 class QuantRules:
-    """How a runtime wants explicitly quantized (Q/DQ) graphs to look."""
+    """How a runtime wants explicitly quantized (Q/DQ) graphs to look.
+
+    The quantize stage places quantizers by these rules and export follows ``min_opset``;
+    ``compressor check-trt`` checks TensorRT's. Every target gets symmetric signed int8 (zero point
+    0): the one scheme both runtimes fuse, so it is not a rule that varies.
+    """
 
     name: str
-    #: Zero points of weights and activations are 0 (symmetric int8).
-    symmetric: bool
-    #: int8 (signed) tensors; ``False`` allows uint8 activations (ORT on x86 without VNNI prefers u8s8).
-    signed_activations: bool
     #: Weights use [-127, 127] so that -128 never occurs (TensorRT's int8 weight range).
     narrow_range_weights: bool
-    #: Weights per channel on the output-channel axis; activations per tensor.
+    #: Weights may have one scale per output channel (else per tensor, whatever the recipe asks).
     per_channel_weights: bool
-    #: Smallest opset that expresses the scheme (per-channel Q/DQ needs 13).
+    #: Smallest opset that expresses the scheme (per-channel Q/DQ needs 13); Q/DQ exports use at least it.
     min_opset: int
-    #: Op types left in float (their inputs are not quantized).
+    #: ONNX op types whose inputs stay float. Placement could quantize the inputs of Conv (Conv2d),
+    #: Gemm/MatMul (Linear) and Add (residual Adds); the others listed are never quantized.
     keep_float: tuple[str, ...]
-    #: Put Q/DQ on both inputs of residual Adds, so Conv+Add fuses into one int8 kernel.
-    quantize_residual_add: bool
+    #: Which inputs of residual Adds get Q/DQ: "residual" (the skip input, so Conv+Add fuses into one
+    #: TensorRT kernel), "both" (ONNX Runtime's QLinearAdd needs both) or "none".
+    residual_adds: Literal["none", "residual", "both"]
+
+    def keeps_float(self, *op_types: str) -> bool:
+        """Whether any of ``op_types`` (the ONNX ops a layer exports as) must stay float."""
+        return any(op in self.keep_float for op in op_types)
 
 
 QUANT_RULES: dict[str, QuantRules] = {r.name: r for r in (
-    QuantRules("tensorrt", symmetric=True, signed_activations=True, narrow_range_weights=True,
-               per_channel_weights=True, min_opset=13, keep_float=("Softmax", "LayerNormalization"),
-               quantize_residual_add=True),
+    QuantRules("tensorrt", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
+               keep_float=("Softmax", "LayerNormalization"), residual_adds="residual"),
     # ORT's CPU kernels fuse Q/DQ around Conv/MatMul/Gemm; LayerNorm, Softmax and GELU outputs carry
     # outliers that int8 breaks (MiniLM static QDQ on all ops: cosine 0.35), so they stay float.
-    QuantRules("ort-cpu", symmetric=True, signed_activations=True, narrow_range_weights=False,
-               per_channel_weights=True, min_opset=13,
+    # Narrow-range weights too: one weight grid serves both runtimes (a CNN's ORT export passes
+    # check-trt, docs/quantization.md).
+    QuantRules("ort-cpu", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
                keep_float=("Softmax", "LayerNormalization", "Gelu", "Erf", "Pow", "ReduceMean"),
-               quantize_residual_add=False),
+               residual_adds="both"),
 )}
 
 
@@ -56,8 +63,8 @@ class Target:
     opset: int = 17
     #: CPU targets: the instruction set, which decides the int8 kernels' activation type.
     cpu: Literal["x86_64", "arm64"] | None = None
-    #: Name of the :class:`QuantRules` the quantize stage follows for this target.
-    quant_rules: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
+    #: How the quantize stage places quantizers and export writes Q/DQ for this target.
+    rules: QuantRules = QUANT_RULES["ort-cpu"]
     #: Intra-op threads for latency measurement (None: the runtime's default).
     threads: int | None = None
     #: Semi-structured sparsity the target accelerates (TensorRT: 2:4 only).
@@ -71,15 +78,11 @@ class Target:
     workspace_mb: int = 1024
     max_batch: int = 32
 
-    @property
-    def rules(self) -> QuantRules:
-        return QUANT_RULES[self.quant_rules]
-
     def allows(self, precision: str) -> bool:
         return precision in self.precisions
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rules": asdict(self.rules)}
+        return asdict(self)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -89,14 +92,14 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "ARM64 CPU (Graviton, Raspberry Pi 5, phones) through ONNX Runtime; fp16 on ARMv8.2+",
            ("int8", "fp16", "fp32"), cpu="arm64"),
     Target("jetson-orin", "tensorrt", "NVIDIA Jetson Orin (Ampere, sm_87) through TensorRT (JetPack 6)",
-           ("int8", "fp16", "fp32"), opset=17, quant_rules="tensorrt", sparsity=("2:4",),
+           ("int8", "fp16", "fp32"), opset=17, rules=QUANT_RULES["tensorrt"], sparsity=("2:4",),
            gpu="Jetson AGX Orin", compute_capability="8.7", tensorrt="10.3", workspace_mb=1024,
            max_batch=16),
     Target("rtx-4090", "tensorrt", "NVIDIA RTX 4090 (Ada, sm_89) through TensorRT",
-           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",),
+           ("fp8", "int8", "fp16", "fp32"), opset=19, rules=QUANT_RULES["tensorrt"], sparsity=("2:4",),
            gpu="GeForce RTX 4090", compute_capability="8.9", tensorrt="10.8", workspace_mb=4096),
     Target("h100", "tensorrt", "NVIDIA H100 (Hopper, sm_90) through TensorRT",
-           ("fp8", "int8", "fp16", "fp32"), opset=19, quant_rules="tensorrt", sparsity=("2:4",),
+           ("fp8", "int8", "fp16", "fp32"), opset=19, rules=QUANT_RULES["tensorrt"], sparsity=("2:4",),
            gpu="H100", compute_capability="9.0", tensorrt="10.8", workspace_mb=8192, max_batch=64),
 )}
 

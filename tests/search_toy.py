@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from compressor.context import Context
@@ -16,15 +16,9 @@ from compressor.stages.base import STAGES, Stage, StageParams, register_stage
 
 
 class EnsembleParams(StageParams, LayerSelection):
+    per_layer_fields = {"repeat": None, "noise": None}
     repeat: int = Field(1, ge=1, le=8, description="Noisy copies averaged per layer.")
     noise: float = Field(0.5, ge=0, description="Weight noise, in units of the weights' std.")
-
-    @model_validator(mode="after")
-    def _per_layer_fields(self) -> "EnsembleParams":
-        for selector, values in self.per_layer.items():
-            if set(values) - {"repeat", "noise"}:
-                raise ValueError(f"per_layer[{selector!r}]: only 'repeat' and 'noise' can be set per layer")
-        return self
 
 
 class NoisyEnsemble(nn.Module):
@@ -42,7 +36,7 @@ class Ensemble(Stage):
     def apply(self, ctx: Context) -> Context:
         p: EnsembleParams = self.params
         gen = torch.Generator().manual_seed(ctx.seed)
-        self.repeats = {}
+        repeats = {}
         for name, layer in select_layers(ctx.model, p).items():
             repeat = layer_value(name, layer, "repeat", p.repeat, p.per_layer)
             noise = layer_value(name, layer, "noise", p.noise, p.per_layer)
@@ -51,12 +45,10 @@ class Ensemble(Stage):
                 for c in ensemble.copies:
                     c.weight += noise * c.weight.std() * torch.randn(c.weight.shape, generator=gen)
             ctx.model.set_submodule(name, ensemble)
-            self.repeats[name] = repeat
-        ctx.stage_metrics["repeats"] = dict(self.repeats)
+            repeats[name] = repeat
+        self.record(repeats=repeats)
+        ctx.stage_metrics["repeats"] = dict(repeats)
         return ctx
-
-    def state(self) -> dict[str, Any]:
-        return {"repeats": dict(self.repeats)}
 
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:

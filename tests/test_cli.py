@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from compressor.cli import main
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

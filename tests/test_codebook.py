@@ -16,7 +16,7 @@ from compressor.export.onnx import export_onnx
 from compressor.export.runtime import feeds, ort_session
 from compressor.layers import materialize
 from compressor.metrics import storage_bytes
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.stages.codebook import CodebookLayer, load_packed, save_packed, storage
 from compressor.stages.codebook.kmeans import kmeans, nearest
 from compressor.stages.codebook.modules import codebook_layer

@@ -10,7 +10,7 @@ from torch import nn
 
 import compressor
 from compressor.errors import RecipeErrors, StageError
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.stages.lowrank import pick_rank, svd_factors
 
 

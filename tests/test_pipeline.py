@@ -128,7 +128,7 @@ def test_variables_and_overrides(tmp_path: Path) -> None:
 
 
 def test_stage_order_warning() -> None:
-    from compressor.recipe import load_recipe
+    from compressor.recipe.loader import load_recipe
 
     recipe = load_recipe({"model": {"zoo": "digits_cnn"},
                           "stages": [{"export": {}}, {"finetune": {}}]})

@@ -14,7 +14,7 @@ from compressor.errors import RecipeErrors
 from compressor.export.onnx import export_onnx
 from compressor.export.sparsity import semi_structured_report
 from compressor.metrics import count_macs, count_params, storage_bytes
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.stages.prune import sparse
 from compressor.stages.prune.structured import input_spec, prune_channels, replay, widths
 from compressor.zoo.mobilenet import mobilenet_v2

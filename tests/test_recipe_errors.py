@@ -8,7 +8,7 @@ import pytest
 
 from compressor.cli import main
 from compressor.errors import RecipeErrors
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 
 GOOD = """\
 model: {zoo: digits_cnn}

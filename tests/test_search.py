@@ -17,7 +17,7 @@ from search_toy import NoisyEnsemble  # noqa: F401  (registers the test-only 'en
 
 from compressor import api
 from compressor.cli import main as cli
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.search.objective import counted
 from compressor.search.study import Search, open_storage
 

@@ -6,7 +6,7 @@ import pytest
 from search_toy import NoisyEnsemble  # noqa: F401  (registers the test-only 'ensemble' stage)
 
 from compressor.errors import RecipeErrors
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.search.predictor import LatencyTable
 from compressor.search.space import Domain, apply, resolve, sample, warm_start_configs
 from compressor.zoo.digits import DigitsCNN
@@ -159,7 +159,7 @@ def test_a_per_layer_enabled_field_is_not_the_stage_switch():
 def test_sensitivity_seed_keeps_the_most_sensitive_layers_mildest():
     from compressor.pipeline import build_task
     from compressor.search.seeding import sensitivity_config
-    from compressor.search.sensitivity import layer_sensitivity
+    from compressor.stages.quantize import layer_sensitivity
 
     recipe = load_recipe(RECIPE.replace("  - ensemble: {noise: 0.5, ignore: [classifier]}\n", "  - quantize: {}\n")
                          .replace("args: {pretrained: false}", "args: {pretrained: false, width: 8}")

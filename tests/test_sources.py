@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compressor.errors import ModelLoadError
-from compressor.recipe import load_recipe
+from compressor.recipe.loader import load_recipe
 from compressor.sources import load_model
 from compressor.zoo.digits import DigitsCNN
 

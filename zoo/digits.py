@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from compressor.cache import cache_dir
 from compressor.io import save_torch
 from compressor.task import Task
-from compressor.zoo.cache import cache_dir
 from compressor.zoo.registry import register_dataset, register_model
 
 _TRAIN_FRACTION = 0.8

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from compressor.commands.common import formatter
+from compressor.errors import CompressorError
+from compressor.export.bench import interleaved, ort_runner, synthetic_inputs
 
 HELP = """\
 Time one or more ONNX models in ONNX Runtime on this CPU: warm-up, then p50/p90/p99
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a symbolic dimension, e.g. seq=128 (repeatable)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5, help="turns per model when interleaving")
@@ -41,9 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
-
-    from compressor.errors import CompressorError
-    from compressor.export.bench import interleaved, ort_runner, synthetic_inputs
 
     dims = {}
     for item in args.dim:

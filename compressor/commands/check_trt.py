@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 
 from compressor.commands.common import formatter
+from compressor.errors import ModelLoadError
+from compressor.export.onnx import has_qdq
+from compressor.export.qdq_rules import check_trt
 
 HELP = """\
 Check an explicitly quantized ONNX model against TensorRT's rules and list every
@@ -43,10 +46,6 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import onnx
-
-    from compressor.errors import ModelLoadError
-    from compressor.export.onnx import has_qdq
-    from compressor.export.qdq_rules import check_trt
 
     path = Path(args.model)
     try:

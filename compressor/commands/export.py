@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from compressor.api import deploy
 from compressor.commands.common import formatter
 
 HELP = """\
@@ -53,8 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.api import deploy
-
     overrides: dict = {}
     if args.formats:
         overrides["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from compressor.api import resume, run
 from compressor.commands.common import add_recipe_args, formatter
+from compressor.errors import CompressorError
 
 HELP = """\
 Run a recipe's stages on its model. After each stage the run directory gets a
@@ -30,9 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.api import run, resume
-    from compressor.errors import CompressorError
-
     if args.resume:
         if args.recipe or args.overrides:
             raise CompressorError("--resume uses the recipe saved in the run directory; "

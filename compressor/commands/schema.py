@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from compressor.recipe.jsonschema import recipe_json_schema
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("schema", help="print the recipe JSON Schema",
@@ -14,7 +16,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.recipe.jsonschema import recipe_json_schema
-
     print(json.dumps(recipe_json_schema(), indent=2))
     return 0

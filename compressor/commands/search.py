@@ -5,6 +5,10 @@ import argparse
 import os
 
 from compressor.commands.common import add_recipe_args, formatter
+from compressor.errors import CompressorError
+from compressor.recipe.loader import load_recipe
+from compressor.search.report import describe, write_report
+from compressor.search.study import Search, default_run_dir
 
 HELP = """\
 Search per-layer settings (sparsity, bits, codebook size, rank, ...) for the fields
@@ -44,8 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, metavar="N", help="override search.trials")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes on this machine (default 1)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--torch-threads", type=int, metavar="N",
+                   help="PyTorch threads per worker for the trials' training and evaluation "
+                        "(default: cores / workers); ONNX Runtime latency uses the target's threads")
     p.add_argument("--report-only", action="store_true", help="write the report without new trials")
     p.add_argument("--no-report", action="store_true",
                    help="take trials but leave the report to another worker")
@@ -53,17 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.errors import CompressorError
-    from compressor.recipe import load_recipe
-    from compressor.search.report import write_report
-    from compressor.search.study import Search, default_run_dir
-
     if args.workers < 1:
         raise CompressorError(f"--workers must be at least 1 (got {args.workers})")
     recipe = load_recipe(args.recipe, overrides=args.overrides)
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
+    threads = args.torch_threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,
-                    study_name=args.study_name, trials=args.trials, threads=threads)
+                    study_name=args.study_name, trials=args.trials, torch_threads=threads)
     if args.report_only:
         search.prepare()
         summary = write_report(search)
@@ -74,8 +74,6 @@ def main(args: argparse.Namespace) -> int:
     if summary.best is None:
         print("\nno trial met the budget yet")
     else:
-        from compressor.search.report import describe
-
         print(f"\nbest: trial {summary.best} ({describe(summary.row(summary.best))})")
     for name, path in summary.files.items():
         print(f"{name}: {path}")

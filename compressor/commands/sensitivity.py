@@ -5,6 +5,13 @@ import argparse
 from pathlib import Path
 
 from compressor.commands.common import add_recipe_args, formatter
+from compressor.errors import CompressorError
+from compressor.export.targets import get_target
+from compressor.io import atomic_path, write_json, write_text
+from compressor.pipeline import build_task, seed_everything
+from compressor.recipe.loader import load_recipe
+from compressor.sources import load_model
+from compressor.stages.quantize import QuantizeParams, layer_sensitivity
 
 HELP = """\
 Quantize the recipe's model with the settings of its quantize stage (int8
@@ -32,15 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.errors import CompressorError
-    from compressor.export.targets import get_target
-    from compressor.io import write_json, write_text
-    from compressor.pipeline import build_task, seed_everything
-    from compressor.recipe import load_recipe
-    from compressor.search.sensitivity import layer_sensitivity
-    from compressor.sources import load_model
-    from compressor.stages.quantize import QuantizeParams
-
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     specs = [s for s in recipe.stages if s.kind == "quantize" and (args.stage in (None, s.name))]
     if args.stage and not specs:
@@ -49,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     seed_everything(recipe.seed)
     model = load_model(recipe.model)
     task = build_task(recipe, model)
-    drops = layer_sensitivity(model, task, params=params, quant_rules=get_target(recipe.target).quant_rules,
+    drops = layer_sensitivity(model, task, params=params, rules=get_target(recipe.target).rules,
                               samples=args.samples)
     ranked = sorted(drops.items(), key=lambda kv: kv[1], reverse=True)
     out = Path(args.out or Path("runs") / f"{recipe.name or Path(args.recipe).stem}-sensitivity")
@@ -69,12 +67,10 @@ def sensitivity_table(ranked: list[tuple[str, float]], metric: str) -> str:
 
 
 def plot_sensitivity(ranked: list[tuple[str, float]], path: Path, metric: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from compressor.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(ranked) + 1.2))
     names = [n for n, _ in ranked][::-1]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from compressor.export.targets import TARGETS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("targets", help="list deployment targets",
@@ -17,7 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    from compressor.export.targets import TARGETS
 
     if args.json:
         print(json.dumps({name: t.as_dict() for name, t in TARGETS.items()}, indent=2))
@@ -25,13 +26,13 @@ def main(args: argparse.Namespace) -> int:
     for t in TARGETS.values():
         sparsity = f", sparsity {'/'.join(t.sparsity)}" if t.sparsity else ""
         print(f"{t.name:<12} {t.runtime:<12} {'/'.join(t.precisions):<20} opset {t.opset}, "
-              f"rules {t.quant_rules}{sparsity}\n{'':<12} {t.description}")
+              f"rules {t.rules.name}{sparsity}\n{'':<12} {t.description}")
         r = t.rules
-        print(f"{'':<12} quantization: int8 {'symmetric' if r.symmetric else 'asymmetric'}, weights "
+        adds = {"none": "none", "residual": "the skip input", "both": "both inputs"}[r.residual_adds]
+        print(f"{'':<12} quantization: symmetric int8, weights "
               f"{'per channel' if r.per_channel_weights else 'per tensor'}"
               f"{' in [-127, 127]' if r.narrow_range_weights else ''}, opset >= {r.min_opset}, "
-              f"float: {', '.join(r.keep_float)}"
-              f"{', Q/DQ on residual Adds' if r.quantize_residual_add else ''}")
+              f"float: {', '.join(r.keep_float)}; Q/DQ on residual Adds: {adds}")
         if t.cpu:
             print(f"{'':<12} int8 kernels: ONNX Runtime MatMulIntegerToFloat, "
                   f"{'uint8' if t.cpu == 'x86_64' else 'int8'} activations ({t.cpu})")

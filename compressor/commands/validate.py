@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from compressor.commands.common import add_recipe_args
+from compressor.recipe.loader import load_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.recipe import load_recipe
-
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     print(f"{args.recipe}: ok ({recipe.model.zoo or 'custom model'} on {recipe.target}, "
           f"{len(recipe.stages)} stage(s))")

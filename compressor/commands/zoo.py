@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from compressor.zoo import DATASETS, MODELS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zoo", help="list zoo models and datasets",
@@ -12,8 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compressor.zoo import DATASETS, MODELS
-
     print("models:")
     for m in MODELS.values():
         print(f"  {m.name:<14} {m.description}  [data: {m.dataset}; weights: {m.weights}]")

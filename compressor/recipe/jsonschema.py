@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from compressor.recipe.schema import Recipe
+from compressor.stages import STAGES
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    from compressor.stages import STAGES
-
     schema = Recipe.model_json_schema()
     defs = schema.setdefault("$defs", {})
     variants = []

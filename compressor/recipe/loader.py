@@ -13,12 +13,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from compressor.errors import RecipeError, RecipeErrors
+from compressor.export.targets import TARGETS
 from compressor.recipe.lines import KeyPath, format_path, line_map, nearest_line
 from compressor.recipe.schema import Recipe, StageSpec
+from compressor.recipe.space import check_space
+from compressor.stages import STAGES
+from compressor.zoo import MODELS
 
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)\}")
 #: Stage kinds that should come after these ones; a warning otherwise.
-_ORDER_HINTS = {"quantize": ("prune", "codebook", "lowrank"), "export": ("*",)}
 
 
 def load_recipe(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> Recipe:
@@ -147,8 +150,6 @@ def _substitute_variables(raw: dict[str, Any], path: Path | None,
 
 # --------------------------------------------------------------------------- validation
 def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int]) -> Recipe:
-    from compressor.stages import STAGES  # late import: stages import the recipe package
-
     errors: list[RecipeError] = []
     stage_entries = raw.get("stages") or []
     top = {k: v for k, v in raw.items() if k != "stages"}
@@ -213,9 +214,6 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int])
 
 def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, int]) -> list[RecipeError]:
     """Resolve model files relative to the recipe and check that they exist; check names."""
-    from compressor.export.targets import TARGETS
-    from compressor.zoo import MODELS
-
     errors: list[RecipeError] = []
     base = path.parent if path else Path.cwd()
     for field in ("checkpoint", "torchscript", "huggingface"):
@@ -243,8 +241,6 @@ def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, in
 def _check_search(recipe: Recipe, specs: list[StageSpec], path: Path | None,
                   lines: dict[KeyPath, int]) -> list[RecipeError]:
     """Search keys must name a stage and one of its fields, with values that field accepts."""
-    from compressor.search.space import check_space
-
     return [RecipeError(message, file=path, key=format_path(("search",) + where),
                         line=nearest_line(lines, ("search",) + where))
             for where, message in check_space(recipe.search, specs)]
@@ -254,12 +250,12 @@ def _order_warnings(specs: list[StageSpec]) -> list[str]:
     warnings = []
     kinds = [s.kind for s in specs]
     for i, kind in enumerate(kinds):
-        for later in _ORDER_HINTS.get(kind, ()):
-            if later != "*" and later in kinds[i + 1:]:
-                warnings.append(f"stage '{specs[i].name}' ({kind}) runs before a {later} stage: "
-                                f"{later} changes the weights that {kind} calibrated; put {kind} last")
-        if kind == "export" and i != len(kinds) - 1:
-            warnings.append(f"stage '{specs[i].name}' (export) is not last: later stages are not exported")
+        after = STAGES[kind].runs_after
+        if "*" in after and i != len(kinds) - 1:
+            warnings.append(f"stage '{specs[i].name}' ({kind}) is not last: what later stages do is not in its result")
+        for later in (k for k in after if k in kinds[i + 1:]):
+            warnings.append(f"stage '{specs[i].name}' ({kind}) runs before a {later} stage: "
+                            f"{later} changes the weights that {kind} calibrated; put {kind} last")
     return warnings
 
 
@@ -276,6 +272,9 @@ def _convert(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, path
             msg = f"unknown key {loc[-1]!r}{hint}" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
         elif kind == "missing":
             msg = f"missing required key {loc[-1]!r}" if loc else "missing required key"
+        elif kind == "per_layer":  # located below per_layer: the selector and the field
+            full += (err["ctx"]["selector"], err["ctx"]["field"])
+            msg = err["ctx"]["message"]
         else:
             msg = re.sub(r"^(Input should be|Value error,)\s*", "expected ", msg)
             msg = msg.replace("expected  ", "expected ")

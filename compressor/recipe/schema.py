@@ -5,12 +5,14 @@ stage owns its schema (the llm-compressor pattern: recipe -> stages -> typed mod
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
-from compressor.search.space import SearchSpec
+from compressor.recipe.space import SearchSpec
 
 Scalar = str | int | float | bool | None
 
@@ -119,6 +121,12 @@ class Recipe(Strict):
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def digest(self) -> str:
+        """A short hash of :meth:`to_dict`: equal for recipes that run the same way (run
+        directories check it on resume, search trials use it to spot repeated configurations)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data that :func:`load_recipe` reads back to an equal recipe."""

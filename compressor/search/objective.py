@@ -8,193 +8,25 @@ subset) and reports the quality after each stage to Optuna's pruner.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import optuna
-import torch
-from pydantic import BaseModel
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.recipe import Recipe, load_recipe
-from compressor.search.space import CheapSpec, Scalar, SearchSpec, Variable, apply, sample
-from compressor.stages import STAGES  # before compressor.train, which needs the stages package loaded
-from compressor.train import TrainParams
-
-if TYPE_CHECKING:
-    from compressor.search.predictor import LatencyTable
-    from compressor.task import Task
-
-
-# --------------------------------------------------------------------------- recipes
-def configured(recipe: Recipe, variables: list[Variable], values: dict[str, Scalar],
-               cheap: CheapSpec | None = None) -> Recipe:
-    """The recipe a trial stands for (what ``best.yaml`` holds): values written in, caps applied."""
-    out = load_recipe(apply(recipe, variables, values))
-    if cheap is not None:
-        for params in train_params(out):
-            if cheap.epochs is not None:
-                params.epochs = min(params.epochs, cheap.epochs)
-            if cheap.max_steps_per_epoch is not None:
-                params.max_steps_per_epoch = min(params.max_steps_per_epoch or cheap.max_steps_per_epoch,
-                                                 cheap.max_steps_per_epoch)
-        if cheap.eval_samples is not None:
-            out.data.eval_samples = min(out.data.eval_samples or cheap.eval_samples, cheap.eval_samples)
-    return out
-
-
-def for_trial(recipe: Recipe, *, train: bool = True) -> Recipe:
-    """What a trial runs: only stages that change the model, no per-stage latency.
-
-    ``train=False`` gives the architecture phase: every training inside the stages is set to
-    zero epochs and quality is evaluated on one batch (it is not used).
-    """
-    out = load_recipe(recipe.to_dict())
-    out.stages = [s for s in out.stages if STAGES[s.kind].changes_model]
-    out.report.latency = "off"
-    if not train:
-        for params in train_params(out):
-            params.epochs = 0
-        out.data.eval_samples = out.data.batch_size
-    return out
-
-
-def train_params(recipe: Recipe) -> Iterator[TrainParams]:
-    """Every :class:`TrainParams` inside the stages (a finetune stage, a prune stage's finetune)."""
-    def walk(obj: Any) -> Iterator[TrainParams]:
-        if isinstance(obj, TrainParams):
-            yield obj
-        if isinstance(obj, BaseModel):
-            for name in type(obj).model_fields:
-                yield from walk(getattr(obj, name))
-        elif isinstance(obj, (list, tuple)):
-            for item in obj:
-                yield from walk(item)
-
-    for spec in recipe.stages:
-        yield from walk(spec.params)
-
-
-def run_recipe(recipe: Recipe, run_dir: Path, base: tuple[nn.Module, "Task"], on_stage: Any = None
-               ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Run ``recipe`` into ``run_dir`` on ``base`` (the input model and its task, built once per
-    worker): the final model and the report's metrics rows."""
-    from compressor.pipeline import Pipeline
-
-    final: dict[str, nn.Module] = {}
-
-    def hook(index: int, spec: Any, row: dict[str, Any], ctx: Any) -> None:
-        final["model"] = ctx.model
-        if on_stage is not None:
-            on_stage(index, spec, row, ctx)
-
-    report = Pipeline(recipe, run_dir, overwrite=True, on_stage=hook, light=True, base=base).run()
-    return final.get("model", base[0]), report.rows  # the input model when no stage changed it
-
-
-def config_hash(recipe: Recipe) -> str:
-    text = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- latency
-def graph_key(path: str | Path) -> str:
-    """Hash of an ONNX graph's structure (ops, wiring, tensor shapes and types, not weight values).
-
-    Latency on a CPU runtime depends on the graph, not on the numbers in it, so trials that build
-    the same graph share one measurement.
-    """
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    h = hashlib.sha256()
-    for init in graph.initializer:
-        h.update(f"I{init.name}:{init.data_type}:{tuple(init.dims)}".encode())
-    for value in list(graph.input) + list(graph.output):
-        h.update(f"V{value.name}:{value.type.SerializeToString().hex()}".encode())
-    for node in graph.node:
-        h.update(f"N{node.op_type}:{node.domain}:{list(node.input)}:{list(node.output)}".encode())
-        for attr in node.attribute:
-            payload = (f"{attr.t.data_type}:{tuple(attr.t.dims)}" if attr.HasField("t")
-                       else attr.SerializeToString().hex())
-            h.update(f"A{attr.name}:{payload}".encode())
-    return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How latency is measured: the recipe's ``report`` batch and iterations, ORT on the target."""
-
-    batch: int
-    warmup: int
-    iterations: int
-    threads: int | None
-    opset: int
-    rounds: int = 5
-
-    @classmethod
-    def of(cls, recipe: Recipe) -> "LatencySettings":
-        from compressor.export.targets import get_target
-
-        target = get_target(recipe.target)
-        return cls(recipe.report.latency_batch, recipe.report.warmup, recipe.report.iterations,
-                   target.threads, target.opset)
-
-
-def export_for_latency(model: nn.Module, task: "Task", path: Path, settings: LatencySettings) -> Path:
-    from compressor.export.onnx import export_onnx
-
-    return export_onnx(model, task.example_inputs(settings.batch), path, input_names=task.input_names,
-                       output_names=task.output_names, dynamic_axes=task.dynamic_axes,
-                       opset=settings.opset)
-
-
-def relative_latency(paths: dict[str, Path], reference: Path, inputs: tuple[torch.Tensor, ...],
-                     settings: LatencySettings) -> dict[str, tuple[float, float]]:
-    """(latency / reference latency, p50 ms) of each ONNX file, timed in turns with the reference.
-
-    Interleaving in one process makes the ratio robust to the machine getting busier or quieter
-    between trials (workers, other jobs), which absolute milliseconds are not.
-    """
-    from compressor.export.bench import interleaved
-    from compressor.export.runtime import feeds, ort_session
-
-    sessions = {name: ort_session(p, settings.threads) for name, p in paths.items()}
-    sessions["__reference__"] = ort_session(reference, settings.threads)
-    fns = {}
-    for name, session in sessions.items():
-        feed = feeds(session, inputs)
-        fns[name] = lambda session=session, feed=feed: session.run(None, feed)
-    lat = interleaved(fns, batch=settings.batch, warmup=settings.warmup,
-                      iterations=settings.iterations, rounds=settings.rounds)
-    ref = lat.pop("__reference__").p50_ms
-    return {name: (v.p50_ms / ref, v.p50_ms) for name, v in lat.items()}
-
-
-class LatencyCache:
-    """Measured latency ratios by graph key, kept in one study attribute that every worker reads.
-
-    Two workers writing at once can drop one entry; that only costs a measurement later.
-    """
-
-    KEY = "latency_cache"
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
-
-    def get(self, key: str) -> float | None:
-        return self.study.user_attrs.get(self.KEY, {}).get(key)
-
-    def put(self, key: str, ratio: float) -> None:
-        self.study.set_user_attr(self.KEY, {**self.study.user_attrs.get(self.KEY, {}), key: ratio})
+from compressor.recipe.schema import Recipe
+from compressor.recipe.space import SearchSpec
+from compressor.search.latency import (LatencyCache, LatencySettings, export_for_latency, graph_key,
+                                       relative_latency)
+from compressor.search.predictor import LatencyTable
+from compressor.search.space import Scalar, Variable, sample
+from compressor.search.trial import captured, configured, for_trial, run_recipe
+from compressor.task import Task
 
 
 # --------------------------------------------------------------------------- the objective
@@ -239,14 +71,14 @@ class Objective:
     """The callable Optuna runs: see the module docstring for its two phases."""
 
     def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
-                 baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, "Task"],
-                 table: "LatencyTable | None") -> None:
+                 baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, Task],
+                 table: LatencyTable | None, settings: LatencySettings) -> None:
         self.study = study
         self.recipe, self.spec, self.variables = recipe, spec, variables
         self.baseline, self.workdir, self.reference = baseline, workdir, reference
         self.base, self.task = base, base[1]
         self.table = table
-        self.settings = LatencySettings.of(recipe)
+        self.settings = settings
 
     # ------------------------------------------------------------------ entry point
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
@@ -254,7 +86,7 @@ class Objective:
         trial.set_user_attr("worker", worker_id())
         values = sample(trial, self.variables)
         config = configured(self.recipe, self.variables, values, self.spec.cheap)
-        digest = config_hash(config)
+        digest = config.digest()
         trial.set_user_attr("config", digest)
         duplicate = self._finished_twin(trial, digest)
         if duplicate is not None:
@@ -392,10 +224,3 @@ class Objective:
         if twin.state == optuna.trial.TrialState.PRUNED:
             raise optuna.TrialPruned(f"same configuration as trial {twin.number}")
         return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
-
-
-@contextlib.contextmanager
-def captured(path: Path) -> Iterator[None]:
-    """Send the stages' progress output to the trial's log instead of the terminal."""
-    with open(path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        yield

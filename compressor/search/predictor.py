@@ -17,18 +17,16 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from compressor.search.objective import (LatencyCache, LatencySettings, captured, configured,
-                                         export_for_latency, for_trial, graph_key, relative_latency,
-                                         run_recipe)
+from torch import nn
+
+from compressor.recipe.schema import Recipe
+from compressor.search.latency import (LatencyCache, LatencySettings, export_for_latency, graph_key,
+                                       relative_latency)
 from compressor.search.space import Scalar, Variable, current_value
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from compressor.recipe import Recipe
-    from compressor.task import Task
+from compressor.search.trial import captured, configured, for_trial, run_recipe
+from compressor.task import Task
 
 
 @dataclass
@@ -66,16 +64,15 @@ class LatencyTable:
         return cls(data["base"], {k: [tuple(p) for p in v] for k, v in data["entries"].items()})
 
 
-def measure_table(recipe: "Recipe", variables: list[Variable], base: tuple["nn.Module", "Task"],
-                  workdir: Path, reference: Path, cache: LatencyCache | None = None,
-                  points: int = 5) -> LatencyTable:
+def measure_table(recipe: Recipe, variables: list[Variable], base: tuple[nn.Module, Task],
+                  workdir: Path, reference: Path, settings: LatencySettings,
+                  cache: LatencyCache | None = None, points: int = 5) -> LatencyTable:
     """Build and time every one-variable variant of ``recipe`` (see the module docstring).
 
     ``base`` is the input model and its task; a value the recipe already gives a variable needs
     no run (its factor is 1).
     """
     model, task = base
-    settings = LatencySettings.of(recipe)
     variants: dict[str, dict[str, Scalar]] = {"base": {}}
     for i, var in enumerate(variables):
         now = current_value(var, recipe, model)

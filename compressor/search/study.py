@@ -10,6 +10,7 @@ gone), and RDB storages also catch it from other hosts by Optuna's heartbeat.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -18,18 +19,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import torch
 import yaml
 from optuna.trial import TrialState
 
 from compressor.errors import CompressorError
+from compressor.export.bench import ort_latency
+from compressor.export.targets import get_target
 from compressor.io import write_text
-from compressor.recipe import Recipe, load_recipe
-from compressor.search.objective import (Baseline, LatencyCache, LatencySettings, Objective,
-                                         SurplusTrial, config_hash, configured, counted,
-                                         export_for_latency, worker_id)
+from compressor.metrics import storage_bytes
+from compressor.pipeline import build_task, seed_everything
+from compressor.recipe.loader import load_recipe
+from compressor.recipe.schema import Recipe
+from compressor.recipe.space import SearchSpec
+from compressor.search.latency import LatencyCache, LatencySettings, export_for_latency
+from compressor.search.objective import Baseline, Objective, SurplusTrial, counted, worker_id
 from compressor.search.predictor import LatencyTable, measure_table
+from compressor.search.report import write_report
 from compressor.search.seeding import sensitivity_config
-from compressor.search.space import SearchSpec, Variable, resolve, warm_start_configs
+from compressor.search.space import Variable, resolve, warm_start_configs
+from compressor.search.trial import configured
+from compressor.sources import load_model
 
 #: Seconds between heartbeats of a running trial (RDB storages); stale after three missed.
 HEARTBEAT_S = 20
@@ -75,14 +85,14 @@ def _search_hash(recipe: Recipe) -> str:
     """What must not change between workers of one study (the trial count may grow)."""
     data = recipe.to_dict()
     data["search"].pop("trials", None)
-    return config_hash(load_recipe(data))
+    return load_recipe(data).digest()
 
 
 class Search:
     """One worker's view of a study; :meth:`run` is what `compressor search` does."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, storage: str | None = None,
-                 study_name: str | None = None, trials: int | None = None, threads: int | None = None,
+                 study_name: str | None = None, trials: int | None = None, torch_threads: int | None = None,
                  log: Callable[[str], None] = print) -> None:
         if recipe.search is None:
             raise CompressorError("the recipe has no 'search:' section; see docs/search.md")
@@ -93,21 +103,17 @@ class Search:
         self.run_dir = Path(run_dir)
         self.url = storage_url(storage, self.run_dir)
         self.study_name = study_name or self.recipe.name or "search"
-        self.threads = threads
+        self.target = get_target(self.recipe.target)
+        self.settings = LatencySettings.of(self.recipe, self.target)
+        self.torch_threads = torch_threads
         self.log = log
         self._objective: Objective | None = None
 
     # ------------------------------------------------------------------ set-up
     def prepare(self) -> optuna.Study:
         """Open (or create) the study and do the shared set-up that is not done yet."""
-        import torch
-
-        from compressor.metrics import storage_bytes
-        from compressor.pipeline import build_task, seed_everything
-        from compressor.sources import load_model
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / RECIPE_FILE, yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials print their own line
@@ -135,7 +141,7 @@ class Search:
         cheap = configured(self.recipe, variables, {}, self.spec.cheap)
         task = build_task(cheap, original)
         reference = self.run_dir / "reference.onnx"
-        export_for_latency(original, task, reference, LatencySettings.of(self.recipe))
+        export_for_latency(original, task, reference, self.settings)
         attrs = study.user_attrs
         if "baseline" not in attrs:
             self.log("measuring the input model ...")
@@ -148,13 +154,14 @@ class Search:
             if "latency_table" not in attrs:
                 self.log(f"measuring the per-layer latency table ({len(variables)} variables) ...")
                 table = measure_table(self.recipe, variables, (original, task), self.run_dir, reference,
-                                      LatencyCache(study))
+                                      self.settings, LatencyCache(study))
                 study.set_user_attr("latency_table", table.as_dict())
             table = LatencyTable.from_dict(study.user_attrs["latency_table"])
         if "warm_start" not in attrs:
             for config in warm_start_configs(self.spec, variables):
                 study.enqueue_trial(config, user_attrs={"warm_start": "uniform"}, skip_if_exists=True)
-            seeded = (sensitivity_config(self.recipe, variables, (original, task), self.spec.cheap.eval_samples)
+            seeded = (sensitivity_config(self.recipe, variables, (original, task), self.spec.cheap.eval_samples,
+                                         rules=self.target.rules)
                       if self.spec.sensitivity_seed else None)
             if seeded is not None:
                 study.enqueue_trial(seeded, user_attrs={"warm_start": "sensitivity"}, skip_if_exists=True)
@@ -162,13 +169,11 @@ class Search:
         self.study, self.variables, self.baseline, self.table = study, variables, baseline, table
         self.task, self.reference = task, reference
         self._objective = Objective(study, self.recipe, self.spec, variables, baseline, self.run_dir,
-                                    reference, (original, task), table)
+                                    reference, (original, task), table, self.settings)
         return study
 
     def _reference_ms(self, reference: Path, task: Any) -> float:
-        from compressor.export.bench import ort_latency
-
-        settings = LatencySettings.of(self.recipe)
+        settings = self.settings
         return ort_latency(str(reference), task.example_inputs(settings.batch), threads=settings.threads,
                            warmup=settings.warmup, iterations=settings.iterations * settings.rounds).p50_ms
 
@@ -232,8 +237,6 @@ class Search:
 
     def run(self, workers: int = 1, report: bool = True) -> "Any":
         """Set up, take trials with ``workers`` processes, and write the report (if asked)."""
-        from compressor.search.report import write_report
-
         self.prepare()
         children = [self._spawn() for _ in range(workers - 1)]
         try:
@@ -251,15 +254,13 @@ class Search:
         cmd = [sys.executable, "-m", "compressor.cli", "search", str(self.run_dir / RECIPE_FILE),
                "--out", str(self.run_dir), "--storage", self.url, "--study-name", self.study_name,
                "--trials", str(self.spec.trials), "--no-report"]
-        if self.threads:
-            cmd += ["--threads", str(self.threads)]
+        if self.torch_threads:
+            cmd += ["--torch-threads", str(self.torch_threads)]
         return subprocess.Popen(cmd)
 
 
 def recover_stale(study: optuna.Study) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker process on this host is gone."""
-    import socket
-
     host = socket.gethostname()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

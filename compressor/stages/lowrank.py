@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.layers import LayerSelection, check_per_layer, layer_value, select_layers
+from compressor.layers import LayerSelection, layer_value, select_layers
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.train import TrainParams, train
 
@@ -29,6 +29,7 @@ RULES = ("rank", "rank_ratio", "energy")
 
 
 class LowRankParams(LayerSelection, StageParams):
+    per_layer_fields = dict.fromkeys(RULES)
     rank: PositiveInt | None = Field(None, description="Explicit rank of every selected layer.")
     rank_ratio: float | None = Field(None, gt=0, le=1, description="Rank as a fraction of the full "
                                      "rank min(out, in) (0.5: half rank).")
@@ -49,7 +50,6 @@ class LowRankParams(LayerSelection, StageParams):
         given = [r for r in RULES if getattr(self, r) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of rank, rank_ratio, energy (got {', '.join(given) or 'none'})")
-        check_per_layer(self, RULES)
         return self
 
 
@@ -111,7 +111,7 @@ class LowRank(Stage):
         linear = {n: m for n, m in targets.items() if isinstance(m, nn.Linear)}
         grams = (input_statistics(ctx.model, ctx.task, linear, _gram, p.calibration_samples)
                  if p.method == "activation" else {})
-        self._ranks: dict[str, int] = {}
+        ranks: dict[str, int] = {}
         skipped = []
         for name, module in targets.items():
             b, s, a = svd_factors(module.weight, grams.get(name))
@@ -131,13 +131,14 @@ class LowRank(Stage):
                 if module.bias is not None:
                     pair[1].bias.copy_(module.bias)
             ctx.model.set_submodule(name, pair)
-            self._ranks[name] = rank
-        if not self._ranks:
+            ranks[name] = rank
+        if not ranks:
             raise StageError(f"{self.name}: every selected layer would grow at its rank "
                              f"({', '.join(skipped)}); lower the rank or set keep_unprofitable")
+        self.record(ranks=ranks)
         history = train(ctx.model, ctx.task, p.finetune, seed=ctx.seed, desc=self.name)
         ctx.stage_metrics.update({
-            "ranks": dict(self._ranks), "skipped": skipped,
+            "ranks": dict(ranks), "skipped": skipped,
             "quality_factorized": round(history[0], 5),
             "quality_per_epoch": [round(q, 5) for q in history]})
         return ctx
@@ -151,9 +152,6 @@ class LowRank(Stage):
                 return rule, value
         rule = next(r for r in RULES if getattr(p, r) is not None)
         return rule, getattr(p, rule)
-
-    def state(self) -> dict[str, Any]:
-        return {"ranks": dict(self._ranks)}
 
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:

@@ -12,25 +12,24 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.layers import LayerSelection, check_per_layer, layer_value, select_layers
+from compressor.layers import LayerSelection, layer_value, select_layers
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.codebook.kmeans import Algorithm
 from compressor.stages.codebook.modules import DENSE_TYPES, CodebookLayer, codebook_layer
-from compressor.stages.codebook.packing import (Coder, codebook_layers, convert, layer_specs,
-                                                save_packed, storage)
+from compressor.stages.codebook.packing import (Coder, codebook_layers, convert, layer_specs, save_packed,
+                                                storage)
 from compressor.stages.codebook.product import quantize
 from compressor.train import TrainParams, train
 
-PER_LAYER_FIELDS = ("clusters", "dim", "per_channel_scale")
-
 
 class CodebookParams(LayerSelection, StageParams):
+    per_layer_fields = {"clusters": None, "dim": None, "per_channel_scale": None}
     clusters: int = Field(16, ge=2, le=256, description="Codewords per layer (k); indices take "
                           "ceil(log2 k) bits.")
     dim: int = Field(1, ge=1, le=8, description="Values per codeword: 1 = scalar weight clustering, "
@@ -57,11 +56,6 @@ class CodebookParams(LayerSelection, StageParams):
                               "treats them as usual; with int8_grid its int8 weights are exact.")
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=1),
                                   description="Fine-tuning after clustering (epochs: 0 to skip).")
-
-    @model_validator(mode="after")
-    def _per_layer_fields(self) -> "CodebookParams":
-        check_per_layer(self, PER_LAYER_FIELDS)
-        return self
 
 
 @register_stage("codebook")
@@ -91,7 +85,7 @@ class Codebook(Stage):
                         after_step=(lambda: _snap(layers)) if p.int8_grid else None)
         for layer in layers.values():
             layer.end_joint()
-        self._specs = layer_specs(ctx.model)
+        self.record(layers=layer_specs(ctx.model))
 
         size = storage(ctx.model, p.entropy_coder)
         ctx.stage_metrics.update({
@@ -104,13 +98,13 @@ class Codebook(Stage):
         if p.materialize:
             for name, layer in layers.items():
                 ctx.model.set_submodule(name, layer.to_dense())
-            self._specs = {}
+            self.record(layers={})
         return ctx
 
     def _cluster(self, name: str, module: nn.Module, power: Tensor | None, seed: int) -> CodebookLayer:
         p: CodebookParams = self.params
         k, dim, per_channel = (layer_value(name, module, f, getattr(p, f), p.per_layer)
-                               for f in PER_LAYER_FIELDS)
+                               for f in p.per_layer_fields)
         try:
             q = quantize(module.weight, k, dim=dim, per_channel=per_channel, importance=power,
                          algorithm=p.algorithm, seed=seed)
@@ -121,9 +115,6 @@ class Codebook(Stage):
                              f"{{{name}: {{dim: 1}}}} or add it to ignore") from None
         layer.load_quantized(q)
         return layer
-
-    def state(self) -> dict[str, Any]:
-        return {"layers": self._specs}
 
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:

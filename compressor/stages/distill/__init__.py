@@ -19,6 +19,7 @@ from compressor.context import Context
 from compressor.errors import StageError
 from compressor.hf import encoder_layers
 from compressor.recipe.schema import ModelSpec
+from compressor.sources import load_model
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.distill.losses import (AttentionRelations, FeatureHints, OutputLoss, Relation,
                                               output_loss)
@@ -120,8 +121,6 @@ class Distill(Stage):
     def _teacher(self, ctx: Context) -> nn.Module:
         spec = self.params.teacher
         if isinstance(spec, ModelSpec):
-            from compressor.sources import load_model
-
             return load_model(spec)
         if spec == "original":
             return ctx.original
@@ -134,9 +133,8 @@ class Distill(Stage):
         if not path.is_file():
             raise StageError(f"teacher {spec!r}: expected 'original', 'before:STAGE', a checkpoint "
                              "file or a model section")
-        from compressor.checkpoint import restore
 
-        return restore(path)
+        return ctx.restore(path)
 
     # ------------------------------------------------------------------ MiniLM relations
     def _relations(self, student: nn.Module, teacher: nn.Module) -> AttentionRelations:

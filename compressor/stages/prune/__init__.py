@@ -24,6 +24,8 @@ from torch import nn
 
 from compressor.context import Context
 from compressor.errors import StageError
+from compressor.export.onnx import export_onnx
+from compressor.export.sparsity import semi_structured_report
 from compressor.hf import encoder_layers, sync_config
 from compressor.layers import LayerSelection, layer_value, pick, select_layers
 from compressor.stages.base import Stage, StageParams, register_stage
@@ -38,6 +40,7 @@ SPARSE_METHODS = ("unstructured", "2:4")
 
 
 class PruneParams(LayerSelection, StageParams):
+    per_layer_fields = {"sparsity": None}
     method: Method = Field("channel", description="What to remove: channel, ffn, heads, unstructured, 2:4.")
     sparsity: float = Field(0.5, ge=0, lt=1, description=(
         "Fraction removed: of each layer's output channels (channel), FFN neurons (ffn), attention "
@@ -72,14 +75,6 @@ class PruneParams(LayerSelection, StageParams):
             raise ValueError(f"round_to applies to methods channel and ffn, not {self.method!r}")
         if self.global_ranking and self.method not in ("channel", "unstructured"):
             raise ValueError(f"global_ranking applies to methods channel and unstructured, not {self.method!r}")
-        for selector, values in self.per_layer.items():
-            unknown = set(values) - {"sparsity"}
-            if unknown:
-                raise ValueError(f"per_layer[{selector!r}]: only 'sparsity' can be set per layer, "
-                                 f"got {', '.join(sorted(unknown))}")
-            value = values.get("sparsity")
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"per_layer[{selector!r}].sparsity must be a number in [0, 1), got {value!r}")
         return self
 
 
@@ -89,7 +84,7 @@ class Prune(Stage):
 
     def apply(self, ctx: Context) -> Context:
         p: PruneParams = self.params
-        self._state: dict[str, Any] = {"method": p.method}
+        self.record(method=p.method)
         quality: dict[str, list[float]] = {}
 
         def finetune(step: int) -> None:
@@ -150,7 +145,7 @@ class Prune(Stage):
                 after_step=finetune)
             key = "ffn_width" if p.method == "ffn" else "heads"
             ctx.stage_metrics[key] = {n: [counts[n], self._units(layers[n])] for n in chosen}
-        self._state.update(inputs=input_spec(inputs), history=history)
+        self.record(inputs=input_spec(inputs), history=history)
 
     def _units(self, layer: Any) -> int:
         return layer.ffn_up.out_features if self.params.method == "ffn" else layer.num_heads
@@ -187,13 +182,10 @@ class Prune(Stage):
                 raise StageError("2:4 pattern broken after fine-tuning")
             if p.verify_onnx:
                 self._verify_onnx(ctx, len(layers))
-        self._state.update(pattern=pattern, layers=list(layers))
+        self.record(pattern=pattern, layers=list(layers))
 
     def _verify_onnx(self, ctx: Context, expected: int) -> None:
         """Export and count the weights that hold 2:4 in the file TensorRT would read."""
-        from compressor.export.onnx import export_onnx
-        from compressor.export.sparsity import semi_structured_report
-
         task = ctx.task
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(ctx.model, task.example_inputs(2), Path(tmp) / "model.onnx",
@@ -206,9 +198,6 @@ class Prune(Stage):
             raise StageError(f"only {holding} ONNX weights hold the 2:4 pattern, expected {expected}")
 
     # ------------------------------------------------------------------ state
-    def state(self) -> dict[str, Any]:
-        return self._state
-
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         if state["method"] in SPARSE_METHODS:

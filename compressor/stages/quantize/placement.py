@@ -3,8 +3,8 @@
 Both runtimes fuse Q/DQ into int8 kernels only around the right ops, so placement decides speed:
 - weighted layers (Conv2d, Linear): the weight (per channel, axis 0) and the input (per tensor);
   consumers of one tensor share one input quantizer, so the graph has one Q/DQ per tensor;
-- residual Adds (models ``torch.fx`` can trace): TensorRT (``quant_rules: tensorrt``) wants the
-  residual input quantized so Conv+Add fuses; ONNX Runtime (``ort-cpu``) fuses
+- residual Adds (models ``torch.fx`` can trace), by the target's ``QuantRules.residual_adds``:
+  TensorRT wants the residual input quantized so Conv+Add fuses; ONNX Runtime fuses
   DQ->Conv->Q and DQ,DQ->Add->Q only when both Add inputs are quantized;
 - everything else (LayerNorm, Softmax, GELU, pooling) stays float: they carry the activation
   outliers that break naive int8 of transformers, and cost little.
@@ -47,6 +47,7 @@ class LayerPlan:
     weight: TensorPlan | None
     inputs: TensorPlan | None
     per_channel: bool = True
+    narrow: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,20 +56,27 @@ class LayerPlan:
     def from_dict(cls, d: dict[str, Any]) -> "LayerPlan":
         return cls(weight=TensorPlan(**d["weight"]) if d["weight"] else None,
                    inputs=TensorPlan(**d["inputs"]) if d["inputs"] else None,
-                   per_channel=d["per_channel"])
+                   per_channel=d["per_channel"], narrow=d.get("narrow", True))
+
+
+#: The ONNX op types each quantizable layer exports as (a target's ``keep_float`` names these).
+ONNX_OPS: dict[type[nn.Module], tuple[str, ...]] = {nn.Conv2d: ("Conv",), nn.Linear: ("Gemm", "MatMul")}
 
 
 def plan_layers(model: nn.Module, selection: LayerSelection, weight: TensorPlan,
-                inputs: TensorPlan | None, per_channel: bool) -> dict[str, LayerPlan]:
+                inputs: TensorPlan | None, per_channel: bool, *, narrow: bool = True,
+                keep_float: tuple[str, ...] = ()) -> dict[str, LayerPlan]:
     """The plan of every selected Conv2d/Linear, with ``per_layer`` overrides applied.
 
     Per-layer fields: ``bits`` (weight bits; 16/32 keeps the layer float), ``act_bits``
     (input bits; 16/32 keeps the input float) and ``enabled: false`` (keep the layer float).
+    Layers whose ONNX op type is in ``keep_float`` stay float; ``narrow``: weights in [-127, 127].
     """
     plans = {}
     for name, m in select_layers(model, selection).items():
         pl = selection.per_layer
-        if not layer_value(name, m, "enabled", True, pl):
+        ops = next((o for cls, o in ONNX_OPS.items() if isinstance(m, cls)), ())
+        if not layer_value(name, m, "enabled", True, pl) or any(op in keep_float for op in ops):
             continue
         wbits = int(layer_value(name, m, "bits", weight.bits, pl))
         w = None if wbits in FLOAT_BITS else TensorPlan(wbits, weight.fmt, weight.observer)
@@ -79,7 +87,7 @@ def plan_layers(model: nn.Module, selection: LayerSelection, weight: TensorPlan,
                                                            inputs.percentile)
         if w is None and a is None:
             continue
-        plans[name] = LayerPlan(w, a, per_channel)
+        plans[name] = LayerPlan(w, a, per_channel, narrow)
     return plans
 
 
@@ -91,7 +99,7 @@ def wrap_layers(model: nn.Module, plans: dict[str, LayerPlan]) -> None:
         if plan.weight is not None:
             axis = 0 if plan.per_channel else None
             wq = plan.weight.build(axis=axis, channels=m.weight.shape[0] if axis == 0 else 1,
-                                   narrow=True)
+                                   narrow=plan.narrow)
         aq = plan.inputs.build() if plan.inputs is not None else None
         quantize_module(m, wq, aq)
 

@@ -7,24 +7,27 @@ float (optional) -> QAT (``mode: qat``). ``state()`` records every structural de
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from compressor.context import Context
 from compressor.errors import StageError
+from compressor.export.targets import QUANT_RULES, QuantRules
 from compressor.layers import LayerSelection
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.quantize.bnfold import apply_fold_structure, find_conv_bn_pairs, fold_batchnorm
 from compressor.stages.quantize.calibrate import calibrate_activations, calibrate_weights
 from compressor.stages.quantize.observers import OBSERVERS
 from compressor.stages.quantize.placement import (FLOAT_BITS, LayerPlan, TensorPlan, insert_add_quantizers,
-                                                   plan_layers, residual_adds,
-                                                   share_quantizers, shared_quantizer_groups, wrap_layers)
+                                                  plan_layers, residual_adds, share_quantizers,
+                                                  shared_quantizer_groups, wrap_layers)
 from compressor.stages.quantize.qat import quantization_aware_training
 from compressor.stages.quantize.rounding import round_weights
+from compressor.stages.quantize.sensitivity import quantized_layer_drops
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
 from compressor.task import Task
 from compressor.train import TrainParams
@@ -76,12 +79,15 @@ class RoundingParams(_Section):
 
 
 class QuantizeParams(StageParams, LayerSelection):
+    #: bits: weight bits (16/32 keep the layer float); act_bits: input bits; enabled: false keeps it float.
+    per_layer_fields = {"bits": Literal[2, 3, 4, 5, 6, 7, 8, 16, 32], "act_bits": Literal[8, 16, 32],
+                        "enabled": bool}
     mode: Literal["ptq", "qat"] = "ptq"
     weights: WeightParams = Field(default_factory=WeightParams)
     activations: ActivationParams = Field(default_factory=ActivationParams)
     residual_adds: Literal["auto", "none", "residual", "both"] = Field(
-        "auto", description="Quantize residual Add inputs: auto = 'residual' for TensorRT targets "
-                            "(Conv+Add fusion), 'both' for ONNX Runtime (QLinearAdd/QLinearConv).")
+        "auto", description="Quantize residual Add inputs: auto = the target's rule ('residual' for "
+                            "TensorRT: Conv+Add fusion; 'both' for ONNX Runtime: QLinearAdd).")
     fold_bn: bool = Field(True, description="Fold BatchNorm into the preceding conv first.")
     smoothquant: SmoothQuantParams | None = Field(None, description="SmoothQuant outlier migration.")
     rounding: RoundingParams = Field(default_factory=RoundingParams)
@@ -103,9 +109,11 @@ def _plans(p: QuantizeParams) -> tuple[TensorPlan, TensorPlan | None]:
     return weight, act
 
 
-def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rules: str = "ort-cpu",
-                   log=print) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Post-training quantization of ``model`` (changed in place, maybe re-rooted as a GraphModule).
+def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *,
+                   rules: QuantRules = QUANT_RULES["ort-cpu"], log: Callable[[str], None] = print
+                   ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Post-training quantization of ``model`` (changed in place, maybe re-rooted as a GraphModule)
+    with quantizers placed by the target's ``rules``.
 
     Returns the quantized model, the stage state that :func:`restore_quantized` replays, and metrics.
     """
@@ -118,11 +126,13 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rul
 
     pairs = find_conv_bn_pairs(model, example) if p.fold_bn else []
     fold_batchnorm(model, pairs)
-    mode = p.residual_adds if p.residual_adds != "auto" else (
-        "residual" if quant_rules == "tensorrt" else "both")
+    mode = p.residual_adds if p.residual_adds != "auto" else rules.residual_adds
+    if rules.keeps_float("Add"):
+        mode = "none"
     sites = residual_adds(model, mode) if act is not None else []
     model = insert_add_quantizers(model, sites, act) if sites else model
-    plans = plan_layers(model, p, weight, act, p.weights.per_channel)
+    plans = plan_layers(model, p, weight, act, p.weights.per_channel and rules.per_channel_weights,
+                        narrow=rules.narrow_range_weights, keep_float=rules.keep_float)
     if not plans:
         raise StageError("quantize: no layer selected (layers/ignore/per_layer leave no Conv2d or "
                          "Linear to quantize)")
@@ -142,8 +152,6 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rul
         calibrate_activations(model, batches(), total=n_batches, desc="recalibrate")
 
     if p.keep_float:
-        from compressor.search.sensitivity import quantized_layer_drops
-
         drops = quantized_layer_drops(model, task, samples=p.sensitivity_samples)
         worst = sorted(drops, key=drops.get, reverse=True)[:p.keep_float]
         for name in worst:
@@ -158,6 +166,16 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *, quant_rul
              "ties": ties, "smoothed": smoothed}
     metrics["quantized_layers"] = len(plans)
     return model, state, metrics
+
+
+def layer_sensitivity(model: nn.Module, task: Task, *, params: QuantizeParams | None = None,
+                      rules: QuantRules = QUANT_RULES["ort-cpu"], samples: int | None = 128
+                      ) -> dict[str, float]:
+    """Quality drop when each layer alone is quantized with ``params`` (default int8 weights and
+    activations) under the target's ``rules``. ``model`` is not changed."""
+    params = params if params is not None else QuantizeParams()
+    qmodel, _, _ = quantize_model(copy.deepcopy(model), task, params, rules=rules, log=lambda _m: None)
+    return quantized_layer_drops(qmodel, task, samples=samples)
 
 
 def restore_quantized(model: nn.Module, state: dict[str, Any]) -> nn.Module:
@@ -177,15 +195,12 @@ def restore_quantized(model: nn.Module, state: dict[str, Any]) -> nn.Module:
 @register_stage("quantize")
 class Quantize(Stage):
     Params = QuantizeParams
-
-    def __init__(self, params: QuantizeParams, name: str | None = None) -> None:
-        super().__init__(params, name)
-        self._state: dict[str, Any] = {}
+    runs_after = ("prune", "codebook", "lowrank")
 
     def apply(self, ctx: Context) -> Context:
         p: QuantizeParams = self.params
-        model, self._state, metrics = quantize_model(ctx.model, ctx.task, p,
-                                                     quant_rules=ctx.target.quant_rules, log=ctx.log)
+        model, state, metrics = quantize_model(ctx.model, ctx.task, p, rules=ctx.target.rules, log=ctx.log)
+        self.record(**state)
         ctx.model = model
         ctx.stage_metrics.update(metrics)
         ctx.stage_metrics["ptq_quality"] = ctx.task.evaluate(model)
@@ -195,9 +210,6 @@ class Quantize(Stage):
                 temperature=p.temperature, learn_scales=p.learn_scales, seed=ctx.seed)
             ctx.stage_metrics["quality_per_epoch"] = [round(q, 5) for q in history]
         return ctx
-
-    def state(self) -> dict[str, Any]:
-        return self._state
 
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any]) -> nn.Module:
