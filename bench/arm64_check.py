@@ -233,8 +233,10 @@ def report(rows: list[ModelCheck], tree: Tree, calibration_samples: int) -> str:
           _agreement(compare_outputs(r.x86, r.arm64)), _agreement(compare_outputs(r.x86_int8, r.arm64)),
           f"{r.seconds[0]:.1f}", f"{r.seconds[1]:.1f}"] for r in rows])
     kernels = table(
-        ["model", "exported model.onnx (cpu-arm64)", "graph ORT runs on arm64", "graph ORT runs on x86"],
-        [[r.model, describe(r.exported), describe(r.ort_arm64), describe(r.ort_x86)] for r in rows])
+        ["model", "int8 activations, arm64 / x86", "exported model.onnx (cpu-arm64)", "graph ORT runs on arm64",
+         "graph ORT runs on x86"],
+        [[r.model, " / ".join(",".join(sorted(activation_types(ops))) for ops in (r.ort_arm64, r.ort_x86)),
+          describe(r.exported), describe(r.ort_arm64), describe(r.ort_x86)] for r in rows])
     return "\n".join([
         f"arm64: qemu-user (`{qemu_version(tree)}`) emulating `{tree.core}`, which reports "
         f"{_features(first.arm64_cpu)}; a Debian {tree.root.name} arm64 tree with Python {tree.python} and the "

@@ -22,26 +22,32 @@ ARM_FEATURES = {"asimddp": (AT_HWCAP, 20), "sve": (AT_HWCAP, 22), "i8mm": (AT_HW
 X86_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def arm_features() -> list[str]:
-    """The int8-relevant features the kernel (here: qemu) reports to this process."""
-    with open("/proc/self/auxv", "rb") as f:
-        aux = dict(struct.iter_unpack("<QQ", f.read()))
+def arm_features(auxv: bytes) -> list[str]:
+    """The int8-relevant features in a ``/proc/self/auxv`` image (64-bit little-endian key/value pairs),
+    i.e. what the kernel (here: qemu) tells this process the core has."""
+    aux = dict(struct.iter_unpack("<QQ", auxv))
     return [name for name, (key, bit) in ARM_FEATURES.items() if aux.get(key, 0) >> bit & 1]
 
 
-def x86_features() -> list[str]:
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+def x86_features(cpuinfo: str) -> list[str]:
+    """The int8-relevant flags of the first processor in a ``/proc/cpuinfo`` text."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return [name for name in X86_FEATURES if name in flags]
+
+
+def features() -> list[str]:
+    if platform.machine() == "aarch64":
+        with open("/proc/self/auxv", "rb") as f:
+            return arm_features(f.read())
+    with open("/proc/cpuinfo") as f:
+        return x86_features(f.read())
 
 
 def main(model: str, optimized: str) -> None:
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = optimized
     ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    machine = platform.machine()
-    print(json.dumps({"machine": machine, "onnxruntime": ort.__version__,
-                      "features": arm_features() if machine == "aarch64" else x86_features()}))
+    print(json.dumps({"machine": platform.machine(), "onnxruntime": ort.__version__, "features": features()}))
 
 
 if __name__ == "__main__":

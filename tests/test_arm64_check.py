@@ -6,6 +6,7 @@ are in docs/export.md.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from packaging.utils import parse_wheel_filename
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import arm64_check  # noqa: E402
+import arm64_probe  # noqa: E402
 import arm64_tree  # noqa: E402
 from arm64_tree import EmulatorUnavailable, Tree  # noqa: E402
 
@@ -192,3 +194,13 @@ def test_cpu_arm64_bundle_carries_int8_activations_and_saves_its_outputs(tmp_pat
     kept = arm64_check.host_int8_outputs(bundle)
     assert manifest["models"]["onnx"]["tolerance"]["min_cosine"] == 0.999
     assert arm64_check.pytorch_verdict(bundle, kept).startswith("ok")
+
+
+def test_probe_reads_the_int8_features_of_either_cpu() -> None:
+    # AT_HWCAP (16) with asimddp (bit 20) and not sve (22); AT_HWCAP2 (26) with i8mm (bit 13).
+    auxv = struct.pack("<6Q", 16, 1 << 20 | 1 << 1, 26, 1 << 13, 0, 0)
+    assert arm64_probe.arm_features(auxv) == ["asimddp", "i8mm"]
+    assert arm64_probe.arm_features(struct.pack("<2Q", 16, 1 << 22)) == ["sve"]
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\nprocessor\t: 1\nflags\t: fpu\n"
+    assert arm64_probe.x86_features(cpuinfo) == ["avx2", "avx512f", "avx512_vnni"]
+    assert arm64_probe.x86_features("processor\t: 0\n") == []
