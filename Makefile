@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench clean arm64-check
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# cpu-arm64 bundles run under qemu-user against x86 (docs/export.md); not part of `make test`.
+# Needs `apt-get install mmdebstrap qemu-user-static`; the arm64 tree is cached in ~/.cache/compressor/arm64.
+arm64-check: $(STAMP)
+	$(BIN)/python bench/arm64_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,6 +3,7 @@
     python infer.py                      # the bundled held-out samples, checked against PyTorch
     python infer.py --model onnx-fp16    # another exported variant (see manifest.json "models")
     python infer.py --inputs batch.npz   # your arrays, named like manifest.json "inputs"
+    python infer.py --save out.npz       # also write the outputs, named like manifest.json "outputs"
 
 Written by compressor into each deploy bundle (the file is compressor/export/infer_example.py);
 it reads manifest.json beside it for file names, input names and the parity tolerance.
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="onnx", help="which exported model to run (default: onnx)")
     parser.add_argument("--inputs", help=".npz file with one array per model input (default: sample.npz)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's)")
+    parser.add_argument("--save", help="write the outputs to this .npz file")
     args = parser.parse_args(argv)
 
     manifest, session = load(args.model, args.threads)
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = session.run(None, feeds)
     for spec, out in zip(manifest["outputs"], outputs):
         print(f"{spec['name']}: shape {list(out.shape)}, dtype {out.dtype}")
+    if args.save:
+        np.savez(args.save, **{spec["name"]: out for spec, out in zip(manifest["outputs"], outputs)})
     if manifest["task"]["metric"] == "accuracy":
         print(f"predicted classes: {outputs[0].reshape(len(outputs[0]), -1).argmax(1).tolist()}")
 
