@@ -23,7 +23,7 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 class LayerSelection(BaseModel):
     """Recipe fields that pick layers; stages embed these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     layers: list[str] = Field(default_factory=lambda: ["*"],
                               description="Selectors of layers to compress (glob, 're:REGEX', 'type:CLASS').")
     ignore: list[str] = Field(default_factory=list, description="Selectors of layers to leave alone.")

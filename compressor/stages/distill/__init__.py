@@ -8,6 +8,7 @@ self-attention relations for BERT-style encoders.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ from compressor.train import TrainParams, train
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OutputKD(_Section):
@@ -122,7 +123,7 @@ class Distill(Stage):
         if isinstance(spec, ModelSpec):
             from compressor.sources import load_model
 
-            return load_model(spec)
+            return load_model(spec, trust_code=ctx.recipe.trust_code)
         if spec == "original":
             return ctx.original
         if spec.startswith("before:"):
@@ -134,9 +135,11 @@ class Distill(Stage):
         if not path.is_file():
             raise StageError(f"teacher {spec!r}: expected 'original', 'before:STAGE', a checkpoint "
                              "file or a model section")
-        from compressor.checkpoint import restore
+        from compressor.checkpoint import read_model_spec, restore
 
-        return restore(path)
+        if read_model_spec(path) == ctx.recipe.model:  # a checkpoint of this recipe's own model
+            return restore(path, base=copy.deepcopy(ctx.original))
+        return restore(path, trust_code=ctx.recipe.trust_code)
 
     # ------------------------------------------------------------------ MiniLM relations
     def _relations(self, student: nn.Module, teacher: nn.Module) -> AttentionRelations:
