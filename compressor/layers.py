@@ -14,7 +14,7 @@ import fnmatch
 import re
 from typing import Annotated, Any, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from torch import nn
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -29,6 +29,17 @@ class LayerSelection(BaseModel):
     ignore: list[str] = Field(default_factory=list, description="Selectors of layers to leave alone.")
     per_layer: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-layer overrides: {SELECTOR: {field: value}}.")
+
+    @field_validator("layers", "ignore", "per_layer")
+    @classmethod
+    def _regexes_compile(cls, selectors: Iterable[str]) -> Any:
+        for selector in selectors:
+            if selector.startswith("re:"):
+                try:
+                    re.compile(selector[3:])
+                except re.error as exc:
+                    raise ValueError(f"a valid regular expression after 're:', got {selector!r} ({exc})") from None
+        return selectors
 
 
 def matches(name: str, module: nn.Module, selector: str) -> bool:

@@ -17,9 +17,10 @@ def load_torch_file(path: str | Path, *, unsafe_pickle: bool = False,
                     unsafe_hint: str = "use unsafe_pickle: true only for files you trust") -> Any:
     """``torch.load(path, weights_only=not unsafe_pickle)`` with one clear error per failure.
 
-    A pickle that names a global other than tensors and plain containers (``os.system``, a
-    class) is refused with :data:`UNSAFE_PICKLE` and ``unsafe_hint``; torch spells the refusal
-    "Unsupported global" or "unsupported GLOBAL" depending on the version.
+    A pickle that torch's weights-only unpickler refuses (a global other than tensors and plain
+    containers, such as ``os.system`` or a class; torch 2.13 says "unsupported GLOBAL", older
+    versions "Unsupported global"; or an opcode it does not read) is refused with
+    :data:`UNSAFE_PICKLE` and ``unsafe_hint``.
     """
     path = Path(path)
     if path.is_dir():
@@ -31,16 +32,26 @@ def load_torch_file(path: str | Path, *, unsafe_pickle: bool = False,
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines()
-                       if "unsupported global" in line.lower()), None)
-        if not unsafe_pickle and detail is not None:
-            raise ModelLoadError(f"{path}: {UNSAFE_PICKLE} ({unsafe_hint}); {detail}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.lower().startswith(("unsupported", "trying to load"))),
+                      None)
+        if not unsafe_pickle and "Weights only load failed" in str(exc) and _is_pickle(path):
+            raise ModelLoadError(f"{path}: {UNSAFE_PICKLE} ({unsafe_hint})"
+                                 + (f"; {detail}" if detail else "")) from None
         raise ModelLoadError(f"{path}: corrupt or not a PyTorch checkpoint") from None
     except MemoryError:
         raise ModelLoadError(f"{path}: too large to load into memory") from None
     except Exception as exc:  # torch raises KeyError, IndexError, RuntimeError, EOFError... on junk
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: corrupt or not a PyTorch checkpoint ({first})") from None
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` is a pickle (protocol 2+ starts with the PROTO opcode) or a torch zip
+    holding one, rather than bytes the unpickler merely failed on."""
+    with path.open("rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
 
 
 def check_model_finite(model: nn.Module, *, source: Any) -> None:
