@@ -122,7 +122,7 @@ def test_factory_beside_the_recipe_imports_without_pythonpath(tmp_path: Path, mo
 def test_validate_locates_an_unimportable_factory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "w.pt").write_bytes(b"")
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\nmodel:\n  checkpoint: w.pt\n  factory: models:build\n")
+    path.write_text("name: x\nmodel:\n  checkpoint: w.pt\n  factory: unimportable_models_q:build\n")
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:4: model.factory: cannot import 'models': no such module in {tmp_path.resolve()}" in err
+    assert f"{path}:4: model.factory: cannot import 'unimportable_models_q': no such module in {tmp_path.resolve()}" in err
