@@ -32,14 +32,15 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from arm64_tree import (CORES, EmulatorUnavailable, Tree, build_tree, install_wheels,  # noqa: E402
+                        requirements)
 from onnx import TensorProto  # noqa: E402
+from recipebench import ROOT, recipe, table, write_section  # noqa: E402
 
 import compressor  # noqa: E402
-from arm64_tree import CORES, EmulatorUnavailable, Tree, build_tree, install_wheels, requirements  # noqa: E402
+from compressor.cache import cache_dir  # noqa: E402
 from compressor.errors import ExportError  # noqa: E402
 from compressor.export.parity import Parity, compare  # noqa: E402
-from compressor.zoo.cache import cache_dir  # noqa: E402
-from recipebench import ROOT, recipe, table, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "export.md"
 SECTION = "arm64_check"

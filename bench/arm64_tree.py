@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from compressor.zoo.cache import cache_dir
+from compressor.cache import cache_dir
 
 SUITE = "bookworm"
 #: What the tree holds: the interpreter and the C++ runtime the wheels' extensions link against.

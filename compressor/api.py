@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 from torch import nn
@@ -25,12 +25,16 @@ if TYPE_CHECKING:
 
 
 def run(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
-        run_dir: str | Path | None = None, overwrite: bool = False) -> Report:
-    """Run a recipe (a :class:`Recipe`, a YAML path or a dict) and return its report."""
+        run_dir: str | Path | None = None, overwrite: bool = False, trust_code: bool = False) -> Report:
+    """Run a recipe (a :class:`Recipe`, a YAML path or a dict) and return its report.
+
+    ``overwrite`` replaces a finished run in ``run_dir`` (never a directory this tool did not
+    write); ``trust_code`` allows factories from the modules :mod:`compressor.trust` refuses.
+    """
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides=overrides)
-    elif overrides:
-        recipe = load_recipe(recipe.to_dict(), overrides=overrides)
+        recipe = load_recipe(recipe, overrides=overrides, trust_code=trust_code)
+    elif overrides or trust_code != recipe.trust_code:
+        recipe = load_recipe(recipe.to_dict(), overrides=overrides, trust_code=trust_code)
     return Pipeline(recipe, run_dir, overwrite=overwrite).run()
 
 
@@ -47,25 +51,33 @@ def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequen
                   trials=trials).run(workers=workers)
 
 
-def resume(run_dir: str | Path) -> Report:
+def resume(run_dir: str | Path, *, trust_code: bool = False) -> Report:
     """Continue an interrupted run; finished stages are skipped."""
-    return Pipeline.resume(run_dir).run()
+    return Pipeline.resume(run_dir, trust_code=trust_code).run()
 
 
-def load_model(checkpoint: str | Path) -> nn.Module:
-    """Rebuild a compressed model from a stage checkpoint (``RUN_DIR/checkpoints/NN-stage.pt``)."""
-    return restore(checkpoint)
+def load_model(checkpoint: str | Path, *, factory: str | Callable[..., nn.Module] | None = None,
+               base: nn.Module | None = None, trust_code: bool = False) -> nn.Module:
+    """Rebuild a compressed model from a stage checkpoint (``RUN_DIR/checkpoints/NN-stage.pt``).
+
+    A checkpoint of a zoo model or a Hugging Face folder rebuilds by itself. One of a model from
+    your own factory needs that factory named here (``factory="pkg.mod:build"`` or the callable;
+    it gets the arguments the checkpoint records), or ``base``, the uncompressed model; the
+    checkpoint's own record of the factory is used only with ``trust_code=True``: loading a file
+    never imports code you did not name (README, Trust model).
+    """
+    return restore(checkpoint, base=base, factory=factory, trust_code=trust_code)
 
 
 def deploy(source: str | Path, *, target: str | None = None, out: str | Path | None = None,
-           **params: Any) -> "ExportResult":
+           trust_code: bool = False, **params: Any) -> "ExportResult":
     """Export a run directory's last checkpoint, a recipe's model or a zoo model (``compressor export``).
 
     ``params`` override the recipe's export stage (e.g. ``formats=["onnx", "onnx-fp16"]``).
     Raises :class:`~compressor.errors.ExportError` when parity or TensorRT's Q/DQ rules fail;
     the bundle is written either way.
     """
-    src = resolve_source(source)
+    src = resolve_source(source, trust_code=trust_code)
     name = target or src.recipe.target
     if name not in TARGETS:
         raise CompressorError(f"--target: unknown target {name!r}; known: {', '.join(sorted(TARGETS))}")

@@ -23,7 +23,7 @@ class StageRecord:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-#: Rebuilds a model from a stage checkpoint path, starting from ``base`` when given.
+#: Rebuilds a model from a stage checkpoint path (``base``: the uncompressed model to start from).
 Restore = Callable[..., nn.Module]
 
 

@@ -41,6 +41,10 @@ class ModelLoadError(CompressorError):
     """A model file is missing, corrupt or does not match its architecture."""
 
 
+class UntrustedCodeError(CompressorError):
+    """A recipe or checkpoint would make compressor import or call code it may not (see README, Trust model)."""
+
+
 class StageError(CompressorError):
     """A stage could not run with the given parameters on this model."""
 

@@ -16,9 +16,10 @@ from compressor.checkpoint import read_records, restore
 from compressor.errors import CompressorError
 from compressor.export.deploy import Provenance
 from compressor.export.params import ExportParams
-from compressor.pipeline import RUN_STATE, build_task, seed_everything
+from compressor.pipeline import build_task, seed_everything
 from compressor.recipe.loader import load_recipe
 from compressor.recipe.schema import Recipe
+from compressor.rundir import RUN_STATE, default_run_dir
 from compressor.sources import load_model
 from compressor.task import Task
 from compressor.zoo import MODELS
@@ -36,16 +37,18 @@ class ExportSource:
     default_out: Path
 
 
-def resolve_source(source: str | Path) -> ExportSource:
-    """A run directory, a recipe file or a zoo model name -> what to export."""
+def resolve_source(source: str | Path, *, trust_code: bool = False) -> ExportSource:
+    """A run directory, a recipe file or a zoo model name -> what to export.
+
+    A run directory's recipe.yaml is a recipe: ``trust_code`` as for :func:`load_recipe`."""
     path = Path(source)
     if path.is_dir():
         if not (path / RUN_STATE).is_file():
             raise CompressorError(f"{path}: not a run directory (no {RUN_STATE}); give a run directory, "
                                   "a recipe file or a zoo model name")
-        return _from_run(path)
+        return _from_run(path, trust_code=trust_code)
     if path.is_file():
-        return _from_recipe(load_recipe(path), label=path.stem)
+        return _from_recipe(load_recipe(path, trust_code=trust_code), label=path.stem)
     if str(source) in MODELS:
         return _from_recipe(load_recipe({"name": str(source), "model": {"zoo": str(source)}}),
                             label=str(source))
@@ -53,11 +56,11 @@ def resolve_source(source: str | Path) -> ExportSource:
                           f"(known: {', '.join(sorted(MODELS))})")
 
 
-def _from_run(run_dir: Path) -> ExportSource:
-    recipe = load_recipe(run_dir / "recipe.yaml")
+def _from_run(run_dir: Path, *, trust_code: bool) -> ExportSource:
+    recipe = load_recipe(run_dir / "recipe.yaml", trust_code=trust_code)
     state = json.loads((run_dir / RUN_STATE).read_text())
     seed_everything(recipe.seed)
-    original = load_model(recipe.model)
+    original = load_model(recipe.model, trust_code=recipe.trust_code)
     task = build_task(recipe, original)
     done = [s for s in state["stages"] if s.get("status") == "done" and s.get("checkpoint")]
     if done:
@@ -73,12 +76,12 @@ def _from_run(run_dir: Path) -> ExportSource:
 
 def _from_recipe(recipe: Recipe, *, label: str) -> ExportSource:
     seed_everything(recipe.seed)
-    model = load_model(recipe.model)
+    model = load_model(recipe.model, trust_code=recipe.trust_code)
     task = build_task(recipe, model)
     provenance = Provenance(recipe_hash=recipe.digest(), stages=[], recipe=recipe.name)
     name = recipe.name or label
     return ExportSource(name, model, task, recipe, _params(recipe), provenance,
-                        Path("runs") / f"{name}-export" / "deploy")
+                        default_run_dir(name, "-export") / "deploy")
 
 
 def _params(recipe: Recipe) -> ExportParams:

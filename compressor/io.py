@@ -10,13 +10,15 @@ from typing import Any, Iterator
 
 import torch
 
+_TMP_SUFFIX = ".tmp"
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -24,6 +26,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def is_partial_write(name: str) -> bool:
+    """Whether a file name is one :func:`atomic_path` left behind when its process was killed."""
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
 
 
 def write_text(path: str | Path, text: str) -> None:

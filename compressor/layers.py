@@ -24,7 +24,7 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 class LayerSelection(BaseModel):
     """Recipe fields that pick layers; stages embed these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     layers: list[str] = Field(default_factory=lambda: ["*"],
                               description="Selectors of layers to compress (glob, 're:REGEX', 'type:CLASS').")
     ignore: list[str] = Field(default_factory=list, description="Selectors of layers to leave alone.")
@@ -41,6 +41,17 @@ class LayerSelection(BaseModel):
         if cls.per_layer_fields is not None:
             check_per_layer(cls, per_layer, cls.per_layer_fields)
         return per_layer
+
+    @field_validator("layers", "ignore", "per_layer")
+    @classmethod
+    def _regexes_compile(cls, selectors: Iterable[str]) -> Any:
+        for selector in selectors:
+            if selector.startswith("re:"):
+                try:
+                    re.compile(selector[3:])
+                except re.error as exc:
+                    raise ValueError(f"a valid regular expression after 're:', got {selector!r} ({exc})") from None
+        return selectors
 
 
 def matches(name: str, module: nn.Module, selector: str) -> bool:

@@ -5,7 +5,6 @@ import copy
 import dataclasses
 import json
 import random
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
+from tqdm.auto import tqdm
 
-from compressor.checkpoint import read_records, restore, save_checkpoint
-from compressor.context import Context, StageRecord
+from compressor.checkpoint import read_model_spec, read_records, restore, save_checkpoint
+from compressor.context import Context, Restore, StageRecord
 from compressor.errors import CompressorError
 from compressor.export.bench import onnx_latency
 from compressor.export.targets import get_target
@@ -25,12 +25,12 @@ from compressor.metrics import count_macs, count_nonzero, count_params, storage_
 from compressor.recipe.loader import load_recipe
 from compressor.recipe.schema import Recipe
 from compressor.report import Report
+from compressor.rundir import RUN_STATE, default_run_dir, prepare_run_dir
 from compressor.sources import load_model
 from compressor.stages import STAGES
 from compressor.task import Task
 from compressor.zoo import DATASETS, MODELS
 
-RUN_STATE = "run.json"
 #: Called after each stage with (stage index, spec, metrics row, context); may raise to stop the run.
 StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
@@ -74,12 +74,12 @@ class Pipeline:
         self.base = base
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> "Pipeline":
+    def resume(cls, run_dir: str | Path, *, trust_code: bool = False) -> "Pipeline":
         """Continue the run in ``run_dir`` with its saved recipe; finished stages are skipped."""
         run_dir = Path(run_dir)
         if not (run_dir / RUN_STATE).is_file():
             raise CompressorError(f"{run_dir}: not a run directory (no {RUN_STATE}); nothing to resume")
-        pipe = cls(load_recipe(run_dir / "recipe.yaml"), run_dir)
+        pipe = cls(load_recipe(run_dir / "recipe.yaml", trust_code=trust_code), run_dir)
         pipe._resuming = True
         return pipe
 
@@ -87,14 +87,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Report:
-        state = self._prepare_run_dir()
         recipe = self.recipe
         seed_everything(recipe.seed)
         if self.base is not None:
             original, task = self.base[0], configure_task(self.base[1], recipe)
-        else:
-            original = load_model(recipe.model)
+        else:  # before the run directory exists: a model that does not load leaves nothing behind
+            original = load_model(recipe.model, trust_code=recipe.trust_code)
             task = build_task(recipe, original)
+        state = self._prepare_run_dir()
         for p in original.parameters():
             p.requires_grad_(False)
         target = get_target(recipe.target)
@@ -102,7 +102,7 @@ class Pipeline:
         for p in model.parameters():
             p.requires_grad_(True)
         ctx = Context(model=model, task=task, recipe=recipe, target=target, run_dir=self.run_dir,
-                      original=original, restore=restore)
+                      original=original, restore=_checkpoint_loader(recipe, original))
         if state.get("baseline") is None:
             state["baseline"] = self._measure(ctx, "input", "input", 0.0,
                                               latency=recipe.report.latency != "off")
@@ -212,16 +212,13 @@ class Pipeline:
                 raise CompressorError(f"{self.run_dir}: recipe.yaml changed since the run started; "
                                       "start a new run instead of resuming")
             return state
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not self.overwrite:
-                raise CompressorError(f"{self.run_dir} already exists: resume it with "
-                                      f"`compressor run --resume {self.run_dir}` or pass --overwrite")
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+        note = prepare_run_dir(self.run_dir, overwrite=self.overwrite)
+        if note:
+            tqdm.write(note)
         state = {"recipe_hash": digest, "created": datetime.now().isoformat(timespec="seconds"),
                  "baseline": None, "stages": []}
-        self._save_state(state)
+        self._save_state(state)  # the run marker first: from here on the directory is ours to replace
+        write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         return state
 
     def _save_state(self, state: dict[str, Any]) -> None:
@@ -230,4 +227,15 @@ class Pipeline:
 
 def _default_run_dir(recipe: Recipe) -> Path:
     stem = recipe.name or (recipe.source.stem if recipe.source else "run")
-    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return default_run_dir(stem, f"-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def _checkpoint_loader(recipe: Recipe, original: torch.nn.Module) -> Restore:
+    """``ctx.restore``: a checkpoint of this recipe's own model starts from ``original``; any other
+    is rebuilt under the recipe's trust setting (a teacher checkpoint from elsewhere)."""
+    def load(path: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
+        if base is None and read_model_spec(Path(path)) == recipe.model:
+            base = copy.deepcopy(original)
+        return restore(path, base=base, trust_code=recipe.trust_code)
+
+    return load

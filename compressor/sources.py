@@ -1,39 +1,66 @@
 """Build the input model from a recipe's ``model:`` section (zoo, checkpoint, TorchScript, HF)."""
 from __future__ import annotations
 
-import importlib
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from compressor.errors import ModelLoadError
 from compressor.recipe.schema import ModelSpec
-from compressor.zoo import build_model
+from compressor.torchfile import check_model_finite, load_torch_file
+from compressor.trust import check_arguments, import_factory, importable_from
+from compressor.zoo import MODELS
 from compressor.zoo.minilm import load_sentence_embedder
 
 
-def load_model(spec: ModelSpec) -> nn.Module:
-    """The uncompressed model described by ``spec``, in eval mode."""
+def load_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
+    """The uncompressed model described by ``spec``, in eval mode.
+
+    ``trust_code``: allow a factory from the modules :mod:`compressor.trust` refuses.
+    Weights holding NaN or infinity are refused here, before any stage spends time on them.
+    """
     if spec.torchscript is not None:
         model = _load_torchscript(spec.torchscript)
     elif spec.huggingface is not None:
-        model = load_sentence_embedder(spec.huggingface, **spec.args)
+        model = call_builder(load_sentence_embedder, spec.args, "model.args (huggingface)",
+                             spec.huggingface)
     else:
         if spec.zoo is not None:
+            if spec.zoo not in MODELS:
+                raise ModelLoadError(f"unknown zoo model {spec.zoo!r}; known: {', '.join(sorted(MODELS))}")
             args = dict(spec.args)
             if spec.checkpoint is not None:
                 args.setdefault("pretrained", False)
-            model = build_model(spec.zoo, **args)
+            model = call_builder(MODELS[spec.zoo].build, args, f"zoo model {spec.zoo!r}")
         else:
-            model = _call_factory(str(spec.factory), spec.args)
+            factory = str(spec.factory)
+            fn = import_factory(factory, spec.args, search_path=spec.import_path or (),
+                                trust_code=trust_code)
+            with importable_from(spec.import_path or ()):  # imports the factory makes while it runs
+                model = call_builder(fn, spec.args, f"model.factory {factory!r}")
         if spec.checkpoint is not None:
             load_weights(model, read_checkpoint(spec.checkpoint, unsafe_pickle=spec.unsafe_pickle),
                          source=spec.checkpoint)
+    check_model_finite(model, source=spec.checkpoint or spec.torchscript or spec.huggingface
+                       or spec.factory or f"zoo model {spec.zoo!r}")
     return model.eval()
+
+
+def call_builder(fn: Callable[..., Any], args: Mapping[str, Any], what: str, *positional: Any) -> nn.Module:
+    """``fn(*positional, **args)``, which must return a module; wrong arguments and the builder's
+    own exceptions become one :class:`ModelLoadError` line (``--debug`` shows the traceback)."""
+    check_arguments(fn, args, what, *positional)
+    try:
+        model = fn(*positional, **args)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{what} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
 
 
 def read_checkpoint(path: Path, *, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -43,27 +70,19 @@ def read_checkpoint(path: Path, *, unsafe_pickle: bool = False) -> dict[str, tor
     ``model.unsafe_pickle: true``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except pickle.UnpicklingError as exc:
-        if unsafe_pickle or "Unsupported global" not in str(exc):
-            raise ModelLoadError(f"{path}: corrupt or not a PyTorch checkpoint") from None
-        raise ModelLoadError(
-            f"{path}: refused to unpickle objects other than tensors (torch.load weights_only=True). "
-            "Save a state_dict instead, or, only if you trust this file, set "
-            "'model.unsafe_pickle: true' in the recipe.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(f"{path}: corrupt or not a PyTorch checkpoint ({exc})") from None
+    obj = load_torch_file(path, unsafe_pickle=unsafe_pickle)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise ModelLoadError(f"{path}: expected a state_dict (a mapping of names to tensors), "
                              f"got {type(obj).__name__}")
+    odd = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ModelLoadError(f"{path}: expected a state_dict (a mapping of names to tensors), but "
+                             f"{odd!r} holds a {type(obj[odd]).__name__}")
     return obj
 
 
@@ -87,21 +106,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: An
     model.load_state_dict(state)
 
 
-def _call_factory(factory: str, args: dict[str, Any]) -> nn.Module:
-    module_name, _, fn_name = factory.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"model.factory {factory!r}: cannot import ({exc})") from None
-    model = fn(**args)
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"model.factory {factory!r} returned {type(model).__name__}, "
-                             "expected a torch.nn.Module")
-    return model
-
-
 def _load_torchscript(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: {'is a directory, expected' if path.is_dir() else 'no such'} "
+                             "TorchScript file")
     try:
         return torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # RuntimeError, ValueError, zip errors on junk
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{path}: not a TorchScript file ({first})") from None

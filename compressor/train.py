@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from compressor.limits import MAX_BATCH, MAX_EPOCHS, MAX_STEPS
 from compressor.task import Task
 
 #: loss(model, inputs, target) -> scalar loss
@@ -22,15 +23,15 @@ class TrainParams(BaseModel):
     A plain pydantic model (not ``StageParams``) so this module imports without the stage registry.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: NonNegativeInt = Field(1, description="Passes over the training split (0: no training).")
+    epochs: NonNegativeInt = Field(1, le=MAX_EPOCHS, description="Passes over the training split (0: no training).")
     lr: PositiveFloat = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: PositiveInt | None = Field(None, description="Default: the recipe's data.batch_size.")
-    max_steps_per_epoch: PositiveInt | None = Field(None, description="Cap for quick runs and search.")
+    batch_size: PositiveInt | None = Field(None, le=MAX_BATCH, description="Default: the recipe's data.batch_size.")
+    max_steps_per_epoch: PositiveInt | None = Field(None, le=MAX_STEPS, description="Cap for quick runs and search.")
     dropout: bool = Field(True, description="False: dropout probability 0 while training. Where the "
                           "target is the original model's own output (fidelity), dropout only adds "
                           "noise to a deterministic target.")

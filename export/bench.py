@@ -6,6 +6,7 @@ variants in turns inside one process (:func:`interleaved`) and report medians an
 from __future__ import annotations
 
 import gc
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 from torch import nn
 
+from compressor.errors import CompressorError
 from compressor.export.onnx import export_onnx, io_specs
 from compressor.export.runtime import feeds, ort_session
 from compressor.task import Task
@@ -122,18 +124,23 @@ def compare_onnx(paths: Mapping[str, str | Path], inputs: tuple, *, threads: int
     return {name: _summarise(ms, _batch(inputs), threads) for name, ms in samples.items()}
 
 
+#: Default cap on the memory of the synthetic inputs of one model.
+MAX_INPUT_BYTES = 1 << 30
+
+
 def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int] | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, ...]:
+                     seed: int = 0, max_bytes: int = MAX_INPUT_BYTES) -> tuple[np.ndarray, ...]:
     """Inputs matching an ONNX file's input signature, for timing.
 
     Symbolic dimensions take their value from ``dims`` (by dimension name, e.g. ``seq``), the
     first one defaults to ``batch``, others to 1. Floats are standard normal; integer inputs
     whose name mentions "mask" are ones, other integers (token ids) lie in [0, 10): valid for any
-    embedding table, and timing does not depend on the ids.
+    embedding table, and timing does not depend on the ids. Inputs that would take more than
+    ``max_bytes`` together are refused before anything is allocated.
     """
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
-    out = []
+    shapes = []
     for spec in io_specs(path)["inputs"]:
         shape = []
         for axis, dim in enumerate(spec["shape"]):
@@ -144,8 +151,20 @@ def synthetic_inputs(path: str | Path, *, batch: int = 1, dims: Mapping[str, int
             else:
                 shape.append(batch if axis == 0 else 1)
         dtype = np.dtype(spec["dtype"])
+        shapes.append((spec, shape, dtype))
+    sizes = [math.prod(shape) * dtype.itemsize for _, shape, dtype in shapes]
+    total = sum(sizes)
+    if total > max_bytes:
+        spec, shape, dtype = shapes[sizes.index(max(sizes))]
+        raise CompressorError(
+            f"{path}: synthetic inputs would take {total / 2**30:.1f} GiB (largest: {spec['name']!r} of "
+            f"shape {shape}, {dtype}), over the {max_bytes / 2**20:.0f} MiB budget; give smaller --dim "
+            "or --batch values, or raise --max-input-mb")
+    out = []
+    for spec, shape, dtype in shapes:
         if np.issubdtype(dtype, np.floating):
-            out.append(rng.standard_normal(shape).astype(dtype))
+            draw = np.float64 if dtype == np.float64 else np.float32  # no float64 copy of float32 inputs
+            out.append(rng.standard_normal(shape, dtype=draw).astype(dtype, copy=False))
         elif "mask" in spec["name"].lower():
             out.append(np.ones(shape, dtype=dtype))
         else:

@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from compressor.limits import MAX_BATCH, MAX_SAMPLES
 from compressor.recipe.schema import Strict
 
 Format = Literal["onnx", "onnx-fp16", "onnx-codebook", "tensorrt"]
 
 
 class Tolerance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     atol: float | None = Field(None, gt=0, description="Largest allowed absolute difference (None: not checked).")
     min_cosine: float = Field(0.999, ge=0, le=1, description="Smallest allowed mean cosine.")
     min_top1: float | None = Field(None, ge=0, le=1, description="Smallest allowed top-1 agreement.")
@@ -27,7 +28,7 @@ class ParityParams(Tolerance):
     fp16: Tolerance = Field(default_factory=lambda: Tolerance(min_cosine=0.999))
     int8: Tolerance = Field(default_factory=lambda: Tolerance(min_cosine=0.999),
                             description="Q/DQ models: ONNX Runtime's int8 kernels vs PyTorch fake-quant.")
-    samples: PositiveInt = Field(64, description="Held-out samples compared.")
+    samples: PositiveInt = Field(64, le=MAX_SAMPLES, description="Held-out samples compared.")
 
     def tolerance(self, precision: str) -> Tolerance:
         if precision == "fp16":
@@ -38,10 +39,11 @@ class ParityParams(Tolerance):
 
 
 class TensorRTParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     workspace_mb: PositiveInt | None = Field(None, description="Builder workspace (default: the target's).")
-    max_batch: PositiveInt | None = Field(None, description="Largest batch of the profile (default: the target's).")
-    opt_batch: PositiveInt = Field(1, description="Batch the engine is tuned for.")
+    max_batch: PositiveInt | None = Field(None, le=MAX_BATCH,
+                                          description="Largest batch of the profile (default: the target's).")
+    opt_batch: PositiveInt = Field(1, le=MAX_BATCH, description="Batch the engine is tuned for.")
     timing_cache: Path | None = Field(None, description="Timing cache file (default: in the compressor cache).")
 
 

@@ -15,6 +15,7 @@ import yaml
 
 import compressor
 from compressor.errors import CompressorError, ExportError
+from compressor.recipe.loader import load_recipe
 
 
 def _same_metrics(a: dict, b: dict) -> None:
@@ -41,11 +42,12 @@ def test_run_writes_report_checkpoints_and_onnx(tmp_path: Path, digits_recipe: d
     assert restored(x).shape == (4, 10)
 
 
-def test_existing_run_dir_is_not_overwritten(tmp_path: Path, digits_recipe: dict) -> None:
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_existing_run_dir_is_not_overwritten(tmp_path: Path, digits_recipe: dict, overwrite: bool) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
-    with pytest.raises(CompressorError, match="already exists"):
-        compressor.run(digits_recipe, run_dir=tmp_path / "run")
+    with pytest.raises(CompressorError, match="not a compressor run directory"):
+        compressor.run(digits_recipe, run_dir=tmp_path / "run", overwrite=overwrite)
     assert (tmp_path / "run" / "keep.txt").exists()
 
 
@@ -128,8 +130,6 @@ def test_variables_and_overrides(tmp_path: Path) -> None:
 
 
 def test_stage_order_warning() -> None:
-    from compressor.recipe.loader import load_recipe
-
     recipe = load_recipe({"model": {"zoo": "digits_cnn"},
                           "stages": [{"export": {}}, {"finetune": {}}]})
     assert any("not last" in w for w in recipe.warnings)

@@ -37,7 +37,7 @@ CASES = [
     ("bad-factory-format", "model:\n  factory: not a factory\n  checkpoint: x.pt\n", "model.factory", 2, "pattern"),
     ("unknown-zoo-model", "model:\n  zoo: resnet1000\n", "model.zoo", 2, "unknown zoo model"),
     ("missing-checkpoint-file", "model:\n  zoo: digits_cnn\n  checkpoint: nowhere.pt\n",
-     "model.checkpoint", 3, "file not found"),
+     "model.checkpoint", 3, "no such file"),
     ("unknown-target", "model: {zoo: digits_cnn}\ntarget: cpu-x68\n", "target", 2, "did you mean 'cpu-x86'"),
     ("batch-size-zero", "model: {zoo: digits_cnn}\ndata:\n  batch_size: 0\n", "data.batch_size", 3, "greater than 0"),
     ("unknown-data-key", "model: {zoo: digits_cnn}\ndata:\n  batchsize: 8\n", "data.batchsize", 3, "did you mean 'batch_size'"),
@@ -88,7 +88,7 @@ def test_many_errors_reported_together(tmp_path: Path) -> None:
 
 def test_missing_recipe_file(capsys: pytest.CaptureFixture) -> None:
     assert main(["validate", "does/not/exist.yaml"]) == 2
-    assert "recipe file not found" in capsys.readouterr().err
+    assert "does/not/exist.yaml: no such file" in capsys.readouterr().err
 
 
 def test_override_of_unknown_key_is_explained(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.errors import ModelLoadError
+from compressor.errors import ModelLoadError, RecipeErrors
 from compressor.recipe.loader import load_recipe
 from compressor.sources import load_model
 from compressor.zoo.digits import DigitsCNN
@@ -77,9 +77,8 @@ def test_pickled_objects_need_explicit_opt_out(tmp_path: Path) -> None:
 
 def test_bad_factory_import(tmp_path: Path) -> None:
     torch.save(DigitsCNN().state_dict(), tmp_path / "w.pt")
-    spec = _spec(tmp_path, {"factory": "no_such_pkg.mod:build", "checkpoint": str(tmp_path / "w.pt")})
-    with pytest.raises(ModelLoadError, match="cannot import"):
-        load_model(spec)
+    with pytest.raises(RecipeErrors, match="model.factory: cannot import 'no_such_pkg.mod'"):
+        _spec(tmp_path, {"factory": "no_such_pkg.mod:build", "checkpoint": str(tmp_path / "w.pt")})
 
 
 def test_not_torchscript(tmp_path: Path) -> None:

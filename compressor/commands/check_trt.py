@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from compressor.commands.common import formatter
-from compressor.errors import ModelLoadError
 from compressor.export.onnx import has_qdq
+from compressor.export.onnx_file import read_onnx
 from compressor.export.qdq_rules import check_trt
 
 HELP = """\
@@ -45,15 +45,8 @@ def main(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import onnx
-
     path = Path(args.model)
-    try:
-        proto = onnx.load(str(path))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: file not found") from None
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{path}: not an ONNX model ({exc})") from None
+    proto = read_onnx(path)
     violations = check_trt(proto)
     if args.json:
         print(json.dumps([v.as_dict() for v in violations], indent=2))

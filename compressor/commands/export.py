@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from compressor.api import deploy
-from compressor.commands.common import formatter
+from compressor.commands.common import add_trust_arg, formatter, int_in
+from compressor.limits import MAX_SAMPLES
 
 HELP = """\
 Export a model for a target and check it: ONNX (fp32, or Q/DQ int8 when the model
@@ -47,9 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the target's)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], help="torch.onnx exporter")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    p.add_argument("--samples", type=int, help="held-out samples for the parity check")
+    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), help="held-out samples for the parity check")
     p.add_argument("--no-latency", action="store_true", help="skip timing the exported models")
     p.add_argument("--no-evaluate", action="store_true", help="skip measuring quality")
+    add_trust_arg(p)
     p.set_defaults(func=main)
 
 
@@ -68,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         overrides["evaluate"] = False
     if args.samples:
         overrides["parity"] = {"samples": args.samples}
-    result = deploy(args.source, target=args.target, out=args.out, **overrides)
+    result = deploy(args.source, target=args.target, out=args.out, trust_code=args.trust_code, **overrides)
     for fmt, m in result.metrics.get("parity_by_format", {}).items():
         top1 = f", top-1 {m['top1_agreement']:.4f}" if m["top1_agreement"] is not None else ""
         lat = result.metrics.get("latency", {}).get(fmt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from compressor.api import resume, run
-from compressor.commands.common import add_recipe_args, formatter
+from compressor.commands.common import add_recipe_args, add_trust_arg, formatter
 from compressor.errors import CompressorError
 
 HELP = """\
@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_recipe_args(p, required=False)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out (only a directory holding a compressor run)")
+    add_trust_arg(p)
     p.set_defaults(func=main)
 
 
@@ -36,9 +38,10 @@ def main(args: argparse.Namespace) -> int:
         if args.recipe or args.overrides:
             raise CompressorError("--resume uses the recipe saved in the run directory; "
                                   "drop the recipe argument and --set")
-        report = resume(args.resume)
+        report = resume(args.resume, trust_code=args.trust_code)
     elif args.recipe:
-        report = run(args.recipe, overrides=args.overrides, run_dir=args.out, overwrite=args.overwrite)
+        report = run(args.recipe, overrides=args.overrides, run_dir=args.out, overwrite=args.overwrite,
+                     trust_code=args.trust_code)
     else:
         raise CompressorError("give a recipe file, or --resume RUN_DIR")
     print()

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from compressor.commands.common import add_recipe_args, formatter
-from compressor.errors import CompressorError
+from compressor.commands.common import add_recipe_args, formatter, int_in
 from compressor.recipe.loader import load_recipe
 from compressor.search.report import describe, write_report
 from compressor.search.study import Search, default_run_dir
@@ -45,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, "
                         "postgresql+psycopg://...) or a journal file path (default: RUN_DIR/study.db)")
     p.add_argument("--study-name", metavar="NAME", help="study name (default: the recipe's name)")
-    p.add_argument("--trials", type=int, metavar="N", help="override search.trials")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--trials", type=int_in(1, 1_000_000), metavar="N", help="override search.trials")
+    p.add_argument("--workers", type=int_in(1, 256), default=1, metavar="N",
                    help="worker processes on this machine (default 1)")
-    p.add_argument("--torch-threads", type=int, metavar="N",
+    p.add_argument("--torch-threads", type=int_in(1, 1024), metavar="N",
                    help="PyTorch threads per worker for the trials' training and evaluation "
                         "(default: cores / workers); ONNX Runtime latency uses the target's threads")
     p.add_argument("--report-only", action="store_true", help="write the report without new trials")
@@ -58,8 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise CompressorError(f"--workers must be at least 1 (got {args.workers})")
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     threads = args.torch_threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compressor.commands.common import add_recipe_args, formatter
+from compressor.commands.common import add_recipe_args, add_trust_arg, formatter, int_in
 from compressor.errors import CompressorError
 from compressor.export.targets import get_target
 from compressor.io import atomic_path, write_json, write_text
+from compressor.limits import MAX_SAMPLES
 from compressor.pipeline import build_task, seed_everything
 from compressor.recipe.loader import load_recipe
+from compressor.rundir import default_run_dir
 from compressor.sources import load_model
 from compressor.stages.quantize import QuantizeParams, layer_sensitivity
 
@@ -32,25 +34,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity (table + plot)",
                        description=HELP, formatter_class=formatter())
     add_recipe_args(p)
+    add_trust_arg(p)
     p.add_argument("--stage", help="name of the quantize stage to take settings from (default: the first)")
-    p.add_argument("--samples", type=int, default=128, help="held-out samples per evaluation (default 128)")
+    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=128, help="held-out samples per evaluation (default 128)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<recipe>-sensitivity)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    recipe = load_recipe(args.recipe, overrides=args.overrides, trust_code=args.trust_code)
     specs = [s for s in recipe.stages if s.kind == "quantize" and (args.stage in (None, s.name))]
     if args.stage and not specs:
         raise CompressorError(f"{args.recipe}: no quantize stage named {args.stage!r}")
     params = specs[0].params if specs else QuantizeParams()
     seed_everything(recipe.seed)
-    model = load_model(recipe.model)
+    model = load_model(recipe.model, trust_code=recipe.trust_code)
     task = build_task(recipe, model)
     drops = layer_sensitivity(model, task, params=params, rules=get_target(recipe.target).rules,
                               samples=args.samples)
     ranked = sorted(drops.items(), key=lambda kv: kv[1], reverse=True)
-    out = Path(args.out or Path("runs") / f"{recipe.name or Path(args.recipe).stem}-sensitivity")
+    out = Path(args.out) if args.out else default_run_dir(recipe.name or args.recipe.stem, "-sensitivity")
     table = sensitivity_table(ranked, task.metric)
     print(table)
     write_json(out / "sensitivity.json", {"metric": task.metric, "samples": args.samples, "drops": dict(ranked)})

@@ -8,12 +8,10 @@ import yaml
 KeyPath = tuple[Any, ...]
 
 
-def line_map(text: str) -> dict[KeyPath, int]:
-    """Return ``{("stages", 0, "prune", "sparsity"): 12, ...}`` (1-based lines).
-
-    Composes the node graph with PyYAML's safe loader (no object construction).
-    """
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+def line_map(node: yaml.Node | None) -> dict[KeyPath, int]:
+    """Return ``{("stages", 0, "prune", "sparsity"): 12, ...}`` (1-based lines) for a node graph
+    composed by PyYAML's safe loader (see :func:`compressor.recipe.yamlfile.parse_yaml`, which
+    bounds how far its aliases expand before this walks them)."""
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _walk(node, (), lines)

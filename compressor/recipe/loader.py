@@ -12,55 +12,47 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compressor.errors import RecipeError, RecipeErrors
+from compressor.errors import CompressorError, RecipeError, RecipeErrors
 from compressor.export.targets import TARGETS
-from compressor.recipe.lines import KeyPath, format_path, line_map, nearest_line
-from compressor.recipe.schema import Recipe, StageSpec
+from compressor.recipe.lines import KeyPath, format_path, nearest_line
+from compressor.recipe.schema import ModelSpec, Recipe, StageSpec, model_sections
 from compressor.recipe.space import check_space
-from compressor.stages import STAGES
+from compressor.recipe.yamlfile import parse_yaml, read_recipe_text
+from compressor.stages import STAGES  # late import: stages import the recipe package
+from compressor.trust import check_arguments, import_factory
 from compressor.zoo import MODELS
 
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)\}")
 #: Stage kinds that should come after these ones; a warning otherwise.
 
 
-def load_recipe(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> Recipe:
-    """Read and validate a recipe from a YAML path, YAML text or a dict.
+def load_recipe(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
+                trust_code: bool = False) -> Recipe:
+    """Read and validate a recipe from a file (a Path, or a string without a newline), YAML text
+    or a dict.
 
     ``overrides`` are ``key.path=value`` strings (values parsed as YAML scalars, never
     evaluated); a first key that names a stage addresses that stage's parameters.
+    Each ``factory:`` is import-checked (it is user code; see :mod:`compressor.trust`);
+    ``trust_code`` allows factories from the modules refused by default.
     Raises :class:`RecipeErrors` listing every problem with file, key path and line.
     """
     path: Path | None = None
     if isinstance(source, Mapping):
         raw, lines = copy.deepcopy(dict(source)), {}
     else:
-        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                        and source.endswith((".yaml", ".yml"))):
+        if isinstance(source, Path) or "\n" not in source:
             path = Path(source)
-            if not path.is_file():
-                raise RecipeErrors([RecipeError("recipe file not found", file=path)])
-            text = path.read_text()
+            text = read_recipe_text(path)
         else:
-            text = str(source)
-        raw, lines = _parse_yaml(text, path)
+            text = source
+        raw, lines = parse_yaml(text, path)
     if not isinstance(raw, dict):
         raise RecipeErrors([RecipeError("expected a mapping of recipe keys at the top level",
                                         file=path, line=1)])
     raw = _apply_overrides(raw, overrides, path)
     raw = _substitute_variables(raw, path, lines)
-    return _validate(raw, path, lines)
-
-
-def _parse_yaml(text: str, path: Path | None) -> tuple[Any, dict[KeyPath, int]]:
-    try:
-        data = yaml.safe_load(text)
-        return data, line_map(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeErrors([RecipeError(f"invalid YAML: {problem}", file=path,
-                                        line=mark.line + 1 if mark else None)]) from None
+    return _validate(raw, path, lines, trust_code=trust_code)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -70,11 +62,20 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], path: Path |
         key, sep, value_text = item.partition("=")
         if not sep or not key:
             raise RecipeErrors([RecipeError(f"override {item!r}: expected KEY.PATH=VALUE", file=path)])
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as exc:
+            raise RecipeErrors([RecipeError(f"override {item!r}: the value is not a YAML scalar "
+                                            f"({getattr(exc, 'problem', None) or exc})", file=path,
+                                            key="--set")]) from None
         parts = key.split(".")
         if parts[0] in stage_names:
             target = stage_names[parts[0]]
             parts = parts[1:]
+            if not parts:
+                raise RecipeErrors([RecipeError(
+                    f"override {item!r}: {key!r} is a stage; name one of its parameters, e.g. "
+                    f"{key}.{next(iter(target), 'PARAM')}={value_text or 'VALUE'}", file=path, key="--set")])
         elif parts[0] in Recipe.model_fields:
             target = raw
         else:
@@ -149,7 +150,8 @@ def _substitute_variables(raw: dict[str, Any], path: Path | None,
 
 
 # --------------------------------------------------------------------------- validation
-def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int]) -> Recipe:
+def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int], *,
+              trust_code: bool) -> Recipe:
     errors: list[RecipeError] = []
     stage_entries = raw.get("stages") or []
     top = {k: v for k, v in raw.items() if k != "stages"}
@@ -201,6 +203,7 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int])
 
     if recipe is not None:
         errors += _check_references(recipe, path, lines)
+        errors += _check_models(model_sections(recipe.model, specs), path, lines, trust_code=trust_code)
         if recipe.search is not None and len(specs) == len(stage_entries):
             errors += _check_search(recipe, specs, path, lines)
     if errors:
@@ -208,23 +211,14 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int])
     assert recipe is not None
     recipe.stages = specs
     recipe._source = path
+    recipe._trust_code = trust_code
     recipe._warnings = _order_warnings(specs)
     return recipe
 
 
 def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, int]) -> list[RecipeError]:
-    """Resolve model files relative to the recipe and check that they exist; check names."""
+    """Check the names of the zoo model and the target."""
     errors: list[RecipeError] = []
-    base = path.parent if path else Path.cwd()
-    for field in ("checkpoint", "torchscript", "huggingface"):
-        value = getattr(recipe.model, field)
-        if value is None:
-            continue
-        resolved = value if value.is_absolute() else (base / value)
-        setattr(recipe.model, field, resolved)
-        if not resolved.exists():
-            errors.append(RecipeError(f"file not found: {resolved}", file=path,
-                                      key=f"model.{field}", line=nearest_line(lines, ("model", field))))
     if recipe.model.zoo is not None and recipe.model.zoo not in MODELS:
         errors.append(RecipeError(
             f"unknown zoo model {recipe.model.zoo!r}{_did_you_mean(recipe.model.zoo, list(MODELS))}; "
@@ -235,6 +229,44 @@ def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, in
             f"unknown target {recipe.target!r}{_did_you_mean(recipe.target, list(TARGETS))}; "
             f"known: {', '.join(sorted(TARGETS))}", file=path, key="target",
             line=nearest_line(lines, ("target",))))
+    return errors
+
+
+#: What each file field of a model section must be.
+_FILE_KINDS = {"checkpoint": "file", "torchscript": "file", "huggingface": "directory"}
+
+
+def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, lines: dict[KeyPath, int],
+                  *, trust_code: bool) -> list[RecipeError]:
+    """Resolve model files and import folders relative to the recipe and check them; import-check
+    each factory (user code, refused from the families :mod:`compressor.trust` lists)."""
+    errors: list[RecipeError] = []
+    base = path.parent.resolve() if path else Path.cwd()
+
+    def error(message: str, key: KeyPath) -> None:
+        errors.append(RecipeError(message, file=path, key=format_path(key), line=nearest_line(lines, key)))
+
+    for where, model in models:
+        for field, kind in _FILE_KINDS.items():
+            value = getattr(model, field)
+            if value is None:
+                continue
+            resolved = value if value.is_absolute() else base / value
+            setattr(model, field, resolved)
+            if not resolved.exists():
+                error(f"no such {kind}: {resolved}", where + (field,))
+            elif kind == "file" and not resolved.is_file():
+                error(f"{resolved} is a directory, expected a file", where + (field,))
+            elif kind == "directory" and not resolved.is_dir():
+                error(f"{resolved} is a file, expected a Hugging Face model folder", where + (field,))
+        if model.factory is None:
+            continue
+        model.import_path = [p if p.is_absolute() else base / p for p in model.import_path or [base]]
+        try:
+            fn = import_factory(model.factory, model.args, search_path=model.import_path, trust_code=trust_code)
+            check_arguments(fn, model.args, f"factory {model.factory!r}")
+        except CompressorError as exc:
+            error(str(exc), where + ("factory",))
     return errors
 
 

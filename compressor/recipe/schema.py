@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator, model_validator
 
+from compressor.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SAMPLES, MAX_SEED
 from compressor.recipe.space import SearchSpec
 
 Scalar = str | int | float | bool | None
@@ -20,7 +21,7 @@ Scalar = str | int | float | bool | None
 class Strict(BaseModel):
     """Base for recipe sections: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -30,8 +31,12 @@ class ModelSpec(Strict):
     checkpoint: Path | None = Field(
         None, description="A state_dict file; needs `factory` (or `zoo`) for the architecture.")
     factory: str | None = Field(
-        None, description="'package.module:function' that builds the architecture.",
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+        None, description="'package.module:function' that builds the architecture. User code: it is "
+        "imported from import_path, the working directory or the installed packages, and called "
+        "with args.", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    import_path: list[Path] | None = Field(
+        None, description="Folders searched first for the factory's module, relative to the recipe "
+        "(default: the recipe's folder).")
     torchscript: Path | None = Field(None, description="A TorchScript file (torch.jit.save).")
     huggingface: Path | None = Field(None, description="A local Hugging Face model folder.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the builder.")
@@ -57,9 +62,10 @@ class DataSpec(Strict):
     """The data used for fine-tuning, calibration and evaluation."""
 
     dataset: str | None = Field(None, description="Dataset name; default: the zoo model's own.")
-    batch_size: PositiveInt = 64
-    calibration_samples: PositiveInt = Field(256, description="Samples used by PTQ calibration.")
-    eval_samples: PositiveInt | None = Field(None, description="Cap on held-out samples (None: all).")
+    batch_size: PositiveInt = Field(64, le=MAX_BATCH)
+    calibration_samples: PositiveInt = Field(256, le=MAX_SAMPLES, description="Samples used by PTQ calibration.")
+    eval_samples: PositiveInt | None = Field(None, le=MAX_SAMPLES,
+                                             description="Cap on held-out samples (None: all).")
     args: dict[str, Any] = Field(default_factory=dict, description="Dataset options.")
 
 
@@ -73,9 +79,9 @@ class ReportSpec(Strict):
     """What each stage measures."""
 
     latency: Literal["every_stage", "final", "off"] = "every_stage"
-    latency_batch: PositiveInt = 1
-    warmup: int = Field(5, ge=0)
-    iterations: PositiveInt = 30
+    latency_batch: PositiveInt = Field(1, le=MAX_BATCH)
+    warmup: int = Field(5, ge=0, le=MAX_ITERATIONS)
+    iterations: PositiveInt = Field(30, le=MAX_ITERATIONS)
 
 
 class StageSpec(BaseModel):
@@ -87,6 +93,18 @@ class StageSpec(BaseModel):
     params: Any
 
 
+def model_sections(model: ModelSpec, stages: list[StageSpec]) -> list[tuple[tuple[Any, ...], ModelSpec]]:
+    """Every model section with its key path: the recipe's model and any stage parameter that is
+    one (a distill teacher)."""
+    found: list[tuple[tuple[Any, ...], ModelSpec]] = [(("model",), model)]
+    for i, spec in enumerate(stages):
+        for name in type(spec.params).model_fields:
+            value = getattr(spec.params, name)
+            if isinstance(value, ModelSpec):
+                found.append((("stages", i, spec.kind, name), value))
+    return found
+
+
 class Recipe(Strict):
     """A whole recipe. Build it with :func:`compressor.load_recipe`, which reports line numbers."""
 
@@ -94,7 +112,7 @@ class Recipe(Strict):
     description: str | None = None
     variables: dict[str, Scalar] = Field(default_factory=dict,
                                          description="Values referenced as ${name} elsewhere.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -105,11 +123,32 @@ class Recipe(Strict):
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _source: Path | None = PrivateAttr(None)
+    _trust_code: bool = PrivateAttr(False)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, name: str | None) -> str | None:
+        """The name becomes a folder under runs/: one path component, never '..' or absolute."""
+        if name is not None and (not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0")):
+            raise ValueError(f"a name usable as a folder name: no '/', '\\' or leading '.' (got {name!r})")
+        return name
 
     @property
     def source(self) -> Path | None:
         """The file this recipe was read from, if any (relative paths resolve against it)."""
         return self._source
+
+    @property
+    def factories(self) -> list[str]:
+        """The ``pkg.mod:build`` factories this recipe imports (user code): its model's and any
+        stage's model section (a distill teacher)."""
+        return list(dict.fromkeys(spec.factory for _, spec in model_sections(self.model, self.stages)
+                                  if spec.factory))
+
+    @property
+    def trust_code(self) -> bool:
+        """Whether the caller allowed factories that :mod:`compressor.trust` refuses by default."""
+        return self._trust_code
 
     @property
     def warnings(self) -> list[str]:

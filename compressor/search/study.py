@@ -37,7 +37,7 @@ from compressor.search.objective import Baseline, Objective, SurplusTrial, count
 from compressor.search.predictor import LatencyTable, measure_table
 from compressor.search.report import write_report
 from compressor.search.seeding import sensitivity_config
-from compressor.search.space import Variable, resolve, warm_start_configs
+from compressor.search.space import resolve, warm_start_configs
 from compressor.search.trial import configured
 from compressor.sources import load_model
 

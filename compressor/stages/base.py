@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class StageParams(BaseModel):
     """Base for stage parameters: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class Stage(ABC):

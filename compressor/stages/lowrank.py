@@ -22,6 +22,7 @@ from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
 from compressor.layers import LayerSelection, layer_value, select_layers
+from compressor.limits import MAX_SAMPLES
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.train import TrainParams, train
 
@@ -39,7 +40,7 @@ class LowRankParams(LayerSelection, StageParams):
         "activation", description="svd: truncate W; activation: truncate W scaled by the input "
         "statistics on calibration data (Linear only; Conv2d falls back to svd).")
     calibration_samples: PositiveInt | None = Field(
-        None, description="Samples for method=activation (default: data.calibration_samples).")
+        None, le=MAX_SAMPLES, description="Samples for method=activation (default: data.calibration_samples).")
     keep_unprofitable: bool = Field(False, description="Factorise even when the pair has at least "
                                     "as many weights as the original layer.")
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=1),

@@ -27,7 +27,7 @@ from compressor.train import TrainParams, train
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OutputKD(_Section):
@@ -121,7 +121,7 @@ class Distill(Stage):
     def _teacher(self, ctx: Context) -> nn.Module:
         spec = self.params.teacher
         if isinstance(spec, ModelSpec):
-            return load_model(spec)
+            return load_model(spec, trust_code=ctx.recipe.trust_code)
         if spec == "original":
             return ctx.original
         if spec.startswith("before:"):
@@ -133,7 +133,6 @@ class Distill(Stage):
         if not path.is_file():
             raise StageError(f"teacher {spec!r}: expected 'original', 'before:STAGE', a checkpoint "
                              "file or a model section")
-
         return ctx.restore(path)
 
     # ------------------------------------------------------------------ MiniLM relations

@@ -28,6 +28,7 @@ from compressor.export.onnx import export_onnx
 from compressor.export.sparsity import semi_structured_report
 from compressor.hf import encoder_layers, sync_config
 from compressor.layers import LayerSelection, layer_value, pick, select_layers
+from compressor.limits import MAX_ROUNDS, MAX_STEPS
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.prune import sparse
 from compressor.stages.prune.importance import Criterion, accumulate_gradients, build_importance
@@ -53,8 +54,10 @@ class PruneParams(LayerSelection, StageParams):
     max_sparsity: float = Field(0.9, gt=0, le=1, description="Cap on any layer's pruned fraction under global ranking.")
     round_to: PositiveInt | None = Field(None, description=(
         "Keep channel counts (channel) or FFN widths (ffn) multiples of this, e.g. 8 for fast int8/fp16 kernels."))
-    steps: PositiveInt = Field(1, description="Iterative pruning: reach the target in this many equal steps.")
-    taylor_batches: PositiveInt = Field(4, description="Training batches whose gradients Taylor importance sums.")
+    steps: PositiveInt = Field(1, le=MAX_ROUNDS,
+                               description="Iterative pruning: reach the target in this many equal steps.")
+    taylor_batches: PositiveInt = Field(4, le=MAX_STEPS,
+                                        description="Training batches whose gradients Taylor importance sums.")
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=0),
                                   description="Fine-tuning after every step (epochs: 0 for none).")
     verify_onnx: bool = Field(True, description="2:4: export to ONNX and check the pattern in its weights.")

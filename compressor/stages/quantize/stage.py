@@ -18,6 +18,7 @@ from compressor.context import Context
 from compressor.errors import StageError
 from compressor.export.targets import QUANT_RULES, QuantRules
 from compressor.layers import LayerSelection
+from compressor.limits import MAX_ROUNDS, MAX_SAMPLES
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.quantize.bnfold import apply_fold_structure, find_conv_bn_pairs, fold_batchnorm
 from compressor.stages.quantize.calibrate import calibrate_activations, calibrate_weights
@@ -34,7 +35,7 @@ from compressor.train import TrainParams
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class WeightParams(_Section):
@@ -75,7 +76,7 @@ class SmoothQuantParams(_Section):
 class RoundingParams(_Section):
     method: Literal["nearest", "comq"] = Field("nearest", description="comq: layer-wise reconstruction "
                                                                       "(worth it for 4-bit weights).")
-    sweeps: PositiveInt = 2
+    sweeps: PositiveInt = Field(2, le=MAX_ROUNDS)
 
 
 class QuantizeParams(StageParams, LayerSelection):
@@ -93,8 +94,9 @@ class QuantizeParams(StageParams, LayerSelection):
     rounding: RoundingParams = Field(default_factory=RoundingParams)
     keep_float: int = Field(0, ge=0, description="Keep the N layers whose lone quantization costs the "
                                                  "most quality in float (sensitivity-based).")
-    sensitivity_samples: PositiveInt = Field(128, description="Held-out samples for keep_float.")
-    calibration_samples: PositiveInt | None = Field(None, description="Default: data.calibration_samples.")
+    sensitivity_samples: PositiveInt = Field(128, le=MAX_SAMPLES, description="Held-out samples for keep_float.")
+    calibration_samples: PositiveInt | None = Field(None, le=MAX_SAMPLES,
+                                                    description="Default: data.calibration_samples.")
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=3, lr=1e-4),
                                   description="QAT training (mode: qat).")
     learn_scales: bool = Field(True, description="QAT: train the scales too (LSQ).")
