@@ -283,6 +283,7 @@ FACTORIES = [Case(f"factory-{target.replace(':', '-')}", factory(target), "refus
     Case("factory-wrong-args", factory("args_mod:build", args="{depth: 3}",
                                        files={"args_mod.py": "def build(width=4):\n    pass\n"}),
          "wrong arguments", "r.yaml"),
+    Case("zoo-wrong-args", recipe("model: {zoo: digits_cnn, args: {depth: 3}}\n"), "wrong arguments", "r.yaml"),
     Case("factory-distill-teacher-os-system",
          recipe(GOOD_MODEL + "stages:\n  - distill: {teacher: {factory: 'os:system', checkpoint: w.pt}}\n",
                 files={"w.pt": b"x"}), "refused factory", "r.yaml"),

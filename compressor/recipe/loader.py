@@ -239,7 +239,10 @@ _FILE_KINDS = {"checkpoint": "file", "torchscript": "file", "huggingface": "dire
 def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, lines: dict[KeyPath, int],
                   *, trust_code: bool) -> list[RecipeError]:
     """Resolve model files and import folders relative to the recipe and check them; import-check
-    each factory (user code, refused from the families :mod:`compressor.trust` lists)."""
+    each factory (user code, refused from the families :mod:`compressor.trust` lists) and the
+    arguments of factories and zoo builders."""
+    from compressor.zoo import MODELS
+
     errors: list[RecipeError] = []
     base = path.parent.resolve() if path else Path.cwd()
 
@@ -259,6 +262,11 @@ def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, li
                 error(f"{resolved} is a directory, expected a file", where + (field,))
             elif kind == "directory" and not resolved.is_dir():
                 error(f"{resolved} is a file, expected a Hugging Face model folder", where + (field,))
+        if model.zoo in MODELS:
+            try:
+                check_arguments(MODELS[model.zoo].build, model.args, f"zoo model {model.zoo!r}")
+            except CompressorError as exc:
+                error(str(exc), where + ("args",))
         if model.factory is None:
             continue
         model.import_path = [p if p.is_absolute() else base / p for p in model.import_path or [base]]
