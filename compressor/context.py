@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor import distributed
 from compressor.checkpoint import StageRecord, restore
 from compressor.export.targets import Target
 from compressor.recipe.schema import Recipe
@@ -46,4 +47,5 @@ class Context:
         return copy.deepcopy(self.original)
 
     def log(self, message: str) -> None:
-        tqdm.write(message)
+        if distributed.is_main():  # one copy of each line under torchrun
+            tqdm.write(message)

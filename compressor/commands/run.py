@@ -16,6 +16,11 @@ run directory layout (default runs/<recipe>-<timestamp>/):
   checkpoints/NN-*.pt  weights + stage states after each stage
   deploy/model.onnx    the exported model (export stage)
   report.{md,json,png} the per-stage report
+
+data-parallel training (see docs/scaling.md): the same command under torchrun,
+  torchrun --standalone --nproc-per-node 2 -m compressor.cli run RECIPE --out RUN_DIR
+trains finetune/distill/QAT/codebook/prune/lowrank steps on every process, with
+data.batch_size the global batch; rank 0 writes the run directory.
 """
 
 
@@ -31,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from compressor.api import run, resume
+    from compressor.distributed import is_main
     from compressor.errors import CompressorError
 
     if args.resume:
@@ -42,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
         report = run(args.recipe, overrides=args.overrides, run_dir=args.out, overwrite=args.overwrite)
     else:
         raise CompressorError("give a recipe file, or --resume RUN_DIR")
+    if not is_main():  # under torchrun rank 0 prints the report
+        return 0
     print()
     print(report.table())
     for warning in report.warnings:
