@@ -41,7 +41,7 @@ RESUME_HINT = ("finished stages are checkpointed: relaunch the same torchrun com
 
 T = TypeVar("T")
 _solo_depth = 0  # > 0 inside main_only() on rank 0: collectives are off there
-_failing = False  # a lost rank is being reported: a SIGTERM must not cut rank 0's report short
+_failing = False  # a failure is being recorded: a SIGTERM must not cut rank 0's report short
 
 
 class DistributedError(CompressorError):
@@ -89,6 +89,8 @@ def process_group() -> Iterator[None]:
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(f"rank {os.environ['RANK']}: could not join the torchrun process group: "
                                f"{_first_line(exc)}") from None
+    global _failing
+    _failing = False
     restore_handler = _stop_on_sigterm()
     try:
         with lost_ranks_named():
@@ -116,10 +118,9 @@ def _stop_on_sigterm() -> Callable[[], None]:
         return lambda: None
 
     def stop(signum: int, frame: Any) -> None:
-        global _failing
         if _failing:
             return
-        _failing = True
+        failing()
         raise DistributedError(f"rank {rank()} of {dist.get_world_size()}: stopped by the launcher "
                                f"(SIGTERM), most likely because another rank failed (torchrun's summary "
                                f"names it); {RESUME_HINT}")
@@ -128,18 +129,24 @@ def _stop_on_sigterm() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+def failing() -> None:
+    """This rank is recording a failure: torchrun's SIGTERM (sent when another rank exits first)
+    no longer interrupts it (torchrun's SIGKILL follows 30 s later)."""
+    global _failing
+    _failing = True
+
+
 @contextmanager
 def lost_ranks_named() -> Iterator[None]:
     """A collective that failed because a peer is gone (gloo/NCCL error or timeout) becomes a
     :class:`DistributedError` (the pipeline records it as the stage's failure)."""
-    global _failing
     try:
         yield
     except RuntimeError as exc:
         if not (dist.is_initialized() and (isinstance(exc, dist.DistError)
                                            or re.search(r"gloo|NCCL|c10d|ProcessGroup", str(exc)))):
             raise
-        _failing = True
+        failing()
         raise DistributedError(f"rank {rank()} of {dist.get_world_size()}: lost contact with the other "
                                f"ranks ({_first_line(exc)}): a rank failed, was killed or did not answer "
                                f"within {TIMEOUT_ENV}={_timeout_s():g} s; {RESUME_HINT}") from None

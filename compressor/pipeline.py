@@ -160,6 +160,7 @@ class Pipeline:
                     else:  # export: files only, written by rank 0; the other ranks wait for its outcome
                         ctx = distributed.main_only(lambda: stage.apply(ctx)) or ctx
             except CompressorError as exc:
+                distributed.failing()
                 state["stages"].append({"name": spec.name, "kind": spec.kind, "status": "failed",
                                         "error": str(exc), "metrics": dict(ctx.stage_metrics),
                                         "artifacts": dict(ctx.artifacts)})
