@@ -69,7 +69,8 @@ def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn 
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if params.schedule == "cosine" else None)
     best_quality, best_state = history[0], copy.deepcopy(model.state_dict())
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=not distributed.is_main())
+    quiet = {} if distributed.is_main() else {"disable": True}  # no kwarg: TQDM_DISABLE still applies
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, **quiet)
     with _dropout(model, params.dropout), distributed.data_parallel(model, extra) as net:
         for epoch in range(params.epochs):
             net.train()
