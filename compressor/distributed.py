@@ -78,6 +78,7 @@ def is_main() -> bool:
 def process_group() -> Iterator[None]:
     """Join torchrun's process group for the duration (nothing outside torchrun, or when the caller
     already joined one). Lost ranks and torchrun's SIGTERM become a :class:`DistributedError`."""
+    global _failing
     if not launched() or dist.is_initialized():
         yield
         return
@@ -89,7 +90,6 @@ def process_group() -> Iterator[None]:
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(f"rank {os.environ['RANK']}: could not join the torchrun process group: "
                                f"{_first_line(exc)}") from None
-    global _failing
     _failing = False
     restore_handler = _stop_on_sigterm()
     try:
@@ -195,8 +195,9 @@ def main_only(fn: Callable[[], T]) -> T | None:
     return result
 
 
-def check_same(what: str, content: Any) -> None:
-    """Raise on every rank unless all ranks hold the same ``content`` (JSON-able; tensors hashed)."""
+def check_same(what: str, content: Any, remedy: str) -> None:
+    """Raise on every rank unless all ranks hold the same ``content`` (JSON-able; tensors hashed);
+    the error names the first differing key and ends with ``remedy``."""
     if not active():
         return
     text = json.dumps(content, sort_keys=True, default=_tensor_digest)
@@ -209,14 +210,13 @@ def check_same(what: str, content: Any) -> None:
     other = next(r for r, d in enumerate(digests) if d != digests[0])
     where = _first_difference(contents[0], contents[other])
     raise DistributedError(f"torchrun ranks disagree on {what}: rank {other} differs from rank 0 at "
-                           f"{where}; every rank must run the same recipe file with the same --set "
-                           "overrides (and deterministic stages)")
+                           f"{where}; {remedy}")
 
 
 def _tensor_digest(value: Any) -> str:
     if isinstance(value, Tensor):
-        data = value.detach().cpu().contiguous()
-        return f"tensor{list(data.shape)}:{hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]}"
+        data = value.detach().cpu().contiguous().flatten().view(torch.uint8)  # any dtype, bf16 too
+        return f"tensor{list(value.shape)}:{hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]}"
     return str(value)
 
 
@@ -238,7 +238,9 @@ def sync_model(model: nn.Module, stage_state: dict[str, Any], what: str) -> None
     if not active():
         return
     layout = {name: [list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()}
-    check_same(what, {"stage_state": stage_state, "tensors": layout})
+    check_same(what, {"stage_state": stage_state, "tensors": layout},
+               "the stage computed differently on that rank (a nondeterministic kernel, or another "
+               "library version on that host?)")
     for tensor in model.state_dict().values():
         buffer = tensor if tensor.is_contiguous() else tensor.contiguous()
         dist.broadcast(buffer, src=0)

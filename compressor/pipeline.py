@@ -102,7 +102,8 @@ class Pipeline:
 
     def _run(self) -> Report:
         recipe = self.recipe
-        distributed.check_same("the recipe", recipe.to_dict())
+        distributed.check_same("the recipe", recipe.to_dict(),
+                               "launch every rank with the same recipe file and --set overrides")
         self.run_dir = distributed.share(self.run_dir)  # the default one is named after rank 0's clock
         state = distributed.share(distributed.main_only(self._prepare_run_dir))
         seed_everything(recipe.seed)
