@@ -9,6 +9,7 @@ from typing import Any, Callable
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor import distributed
 from compressor.export.targets import Target
 from compressor.recipe.schema import Recipe
 from compressor.task import Task
@@ -61,4 +62,5 @@ class Context:
         return copy.deepcopy(self.original)
 
     def log(self, message: str) -> None:
-        tqdm.write(message)
+        if distributed.is_main():  # one copy of each line under torchrun
+            tqdm.write(message)

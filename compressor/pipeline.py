@@ -15,6 +15,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from compressor import distributed
 from compressor.checkpoint import read_model_spec, read_records, restore, save_checkpoint
 from compressor.context import Context, Restore, StageRecord
 from compressor.errors import CompressorError
@@ -58,7 +59,12 @@ def seed_everything(seed: int) -> None:
 
 
 class Pipeline:
-    """Executes a recipe into a run directory (its layout: README.md, "What the demo does")."""
+    """Executes a recipe into a run directory (its layout: README.md, "What the demo does").
+
+    Under torchrun every rank runs it (compressor/distributed.py, docs/scaling.md): the ranks check
+    they read the same recipe, train data-parallel, agree on each stage's result; rank 0 alone
+    writes the run directory and runs the export.
+    """
 
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
                  on_stage: StageHook | None = None, light: bool = False,
@@ -87,7 +93,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Report:
+        with distributed.process_group():
+            return self._run()
+
+    def _run(self) -> Report:
         recipe = self.recipe
+        distributed.check_same("the recipe", recipe.to_dict(),
+                               "launch every rank with the same recipe file and --set overrides")
+        self.run_dir = distributed.share(self.run_dir)  # the default one is named after rank 0's clock
+        state = distributed.share(distributed.main_only(self._prepare_run_dir))
         seed_everything(recipe.seed)
         if self.base is not None:
             original, task = self.base[0], configure_task(self.base[1], recipe)
@@ -135,19 +149,27 @@ class Pipeline:
             stage = STAGES[spec.kind](spec.params, spec.name)
             start = time.perf_counter()
             try:
-                ctx = stage.apply(ctx)
+                with distributed.lost_ranks_named():
+                    if stage.changes_model:
+                        ctx = stage.apply(ctx)
+                        distributed.sync_model(ctx.model, stage.state(), f"the result of stage {spec.name}")
+                    else:  # export: files only, written by rank 0; the other ranks wait for its outcome
+                        ctx = distributed.main_only(lambda: stage.apply(ctx)) or ctx
             except CompressorError as exc:
+                distributed.failing()
                 state["stages"].append({"name": spec.name, "kind": spec.kind, "status": "failed",
                                         "error": str(exc), "metrics": dict(ctx.stage_metrics),
                                         "artifacts": dict(ctx.artifacts)})
                 self._save_state(state)
-                self._report(state, baseline, ctx, status="failed", error=f"{spec.name}: {exc}").write()
+                if distributed.is_main():
+                    self._report(state, baseline, ctx, status="failed", error=f"{spec.name}: {exc}").write()
                 raise
             entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "status": "done"}
             if stage.changes_model:
                 ctx.records.append(StageRecord(spec.kind, spec.name, stage.state()))
                 rel = Path("checkpoints") / f"{index + 1:02d}-{spec.name}.pt"
-                save_checkpoint(self.run_dir / rel, ctx.model, ctx.records, recipe.model)
+                if distributed.is_main():
+                    save_checkpoint(self.run_dir / rel, ctx.model, ctx.records, recipe.model)
                 ctx.checkpoints[spec.name] = self.run_dir / rel
                 entry["checkpoint"] = str(rel)
             last = index == n - 1
@@ -164,14 +186,16 @@ class Pipeline:
                 self.on_stage(index, spec, entry["metrics"], ctx)
 
         report = self._report(state, baseline, ctx)
-        report.write(plot=not self.light)
+        distributed.main_only(lambda: report.write(plot=not self.light))
         return report
 
     # ------------------------------------------------------------------ helpers
     def _measure(self, ctx: Context, name: str, kind: str, seconds: float, *, latency: bool,
                  baseline: dict[str, Any] | None = None) -> dict[str, Any]:
         model, task, rep = ctx.model, ctx.task, ctx.recipe.report
-        quality = task.evaluate(model)
+        quality = task.evaluate(model)  # on every rank: each scores its share of the held-out split
+        if not distributed.is_main():  # the rest is for rank 0's report (latency on a quiet machine)
+            return {"stage": name, "kind": kind, "quality": quality}
         row: dict[str, Any] = {
             "stage": name, "kind": kind, "quality": quality,
             "quality_drop": (quality - baseline["quality"]) if baseline else 0.0,
@@ -222,7 +246,8 @@ class Pipeline:
         return state
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        write_json(self.run_dir / RUN_STATE, state)
+        if distributed.is_main():
+            write_json(self.run_dir / RUN_STATE, state)
 
 
 def _default_run_dir(recipe: Recipe) -> Path:

@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+
+from compressor import distributed
 
 Metric = Literal["accuracy", "fidelity"]
 
@@ -46,17 +48,32 @@ class Task:
 
     # ------------------------------------------------------------------ data
     def loader(self, split: Literal["train", "val"] = "train", *, batch_size: int | None = None,
-               shuffle: bool | None = None, seed: int = 0, limit: int | None = None) -> DataLoader:
-        """A deterministic loader: the same seed gives the same batches (resume relies on it)."""
+               shuffle: bool | None = None, seed: int = 0, limit: int | None = None,
+               shard: bool = False) -> DataLoader:
+        """A deterministic loader: the same seed gives the same batches (resume relies on it).
+
+        ``shard`` under torchrun: this rank's share. Shuffled (training): ``batch_size`` is the
+        global batch, every rank takes its slice of the same permutation (DistributedSampler), so
+        the global batches are the same for any number of ranks. In order (evaluation): every
+        sample once, on one rank.
+        """
         data = self.train if split == "train" else self.val
         if split == "val" and limit is None:
             limit = self.eval_samples
         if limit is not None and limit < len(data):
             data = Subset(data, range(limit))
         shuffle = split == "train" if shuffle is None else shuffle
+        batch_size = batch_size or self.batch_size
+        if shard and distributed.active():
+            rank, world = distributed.rank(), distributed.world_size()
+            if shuffle:
+                sampler = DistributedSampler(data, world, rank, shuffle=True, seed=seed)
+                return DataLoader(data, batch_size=distributed.local_batch(batch_size), sampler=sampler,
+                                  collate_fn=self.collate)
+            data = Subset(data, range(rank, len(data), world))
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(data, batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          generator=gen, collate_fn=self.collate)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=self.collate)
 
     def calibration_batches(self, samples: int | None = None,
                             batch_size: int | None = None) -> Iterator[tuple[Tensor, ...]]:
@@ -88,15 +105,17 @@ class Task:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, limit: int | None = None) -> float:
-        """Mean quality over the held-out split (accuracy or fidelity, in [0, 1])."""
+        """Mean quality over the held-out split (accuracy or fidelity, in [0, 1]); under torchrun
+        each rank scores its share and the sums are all-reduced."""
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
-        for batch in self.loader("val", limit=limit):
+        for batch in self.loader("val", limit=limit, shard=True):
             inputs, target = self.split(batch)
             total += self.score(model(*inputs), target).sum().item()
             count += len(target)
         model.train(was_training)
+        total, count = distributed.all_reduce_sum([total, count])
         return total / max(count, 1)
 
 

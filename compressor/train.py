@@ -1,4 +1,9 @@
-"""The training loop shared by fine-tuning, pruning, distillation and QAT."""
+"""The training loop shared by fine-tuning, pruning, distillation, QAT, codebooks and low-rank.
+
+Under torchrun it runs data-parallel (compressor/distributed.py): ``batch_size`` stays the global
+batch, each rank trains on its share and DDP averages the gradients, so a step is the step one
+process would take on the whole batch.
+"""
 from __future__ import annotations
 
 import copy
@@ -10,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from compressor import distributed
 from compressor.limits import MAX_BATCH, MAX_EPOCHS, MAX_STEPS
 from compressor.task import Task
 
@@ -30,7 +36,8 @@ class TrainParams(BaseModel):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: PositiveInt | None = Field(None, le=MAX_BATCH, description="Default: the recipe's data.batch_size.")
+    batch_size: PositiveInt | None = Field(None, le=MAX_BATCH, description="Default: the recipe's data.batch_size. "
+                                           "Under torchrun the global batch, split between the ranks.")
     max_steps_per_epoch: PositiveInt | None = Field(None, le=MAX_STEPS, description="Cap for quick runs and search.")
     dropout: bool = Field(True, description="False: dropout probability 0 while training. Where the "
                           "target is the original model's own output (fidelity), dropout only adds "
@@ -50,39 +57,48 @@ def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn 
     history = [task.evaluate(model)]
     if params.epochs == 0:
         return history
-    torch.manual_seed(seed)
+    # Distinct random streams per rank (dropout masks); one process keeps ``seed``.
+    torch.manual_seed(seed * distributed.world_size() + distributed.rank())
     loss_fn = loss_fn or (lambda m, inputs, target: task.loss(m(*inputs), target))
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
+    extra = list(extra_parameters)
+    trainable = [p for p in model.parameters() if p.requires_grad] + extra
     opt = _optimizer(params, trainable)
-    steps_per_epoch = len(task.loader("train", batch_size=params.batch_size))
+    steps_per_epoch = len(task.loader("train", batch_size=params.batch_size, shard=True))
     if params.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
     total = params.epochs * steps_per_epoch
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if params.schedule == "cosine" else None)
     best_quality, best_state = history[0], copy.deepcopy(model.state_dict())
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    with _dropout(model, params.dropout):
+    quiet = {} if distributed.is_main() else {"disable": True}  # no kwarg: TQDM_DISABLE still applies
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, **quiet)
+    with _dropout(model, params.dropout), distributed.data_parallel(model, extra) as net:
         for epoch in range(params.epochs):
-            model.train()
-            loader = task.loader("train", batch_size=params.batch_size, seed=seed + epoch)
+            net.train()
+            loader = task.loader("train", batch_size=params.batch_size, seed=seed + epoch, shard=True)
+            loss_sum = 0.0
             for step, batch in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
                 inputs, target = task.split(batch)
-                loss = loss_fn(model, inputs, target)
+                loss = loss_fn(net, inputs, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(extra)
                 opt.step()
                 if sched is not None:
                     sched.step()
                 if after_step is not None:
                     after_step()
+                value = loss.item()
+                loss_sum += value
                 bar.update()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
+            # The bar shows this rank's loss per step and the mean over every rank per epoch.
+            epoch_loss = distributed.all_reduce_sum([loss_sum])[0] / (steps_per_epoch * distributed.world_size())
             quality = task.evaluate(model)
             history.append(quality)
-            bar.set_postfix(quality=f"{quality:.4f}")
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", quality=f"{quality:.4f}")
             if quality > best_quality:
                 best_quality, best_state = quality, copy.deepcopy(model.state_dict())
     bar.close()

@@ -60,10 +60,12 @@ def imports(tree: ast.Module) -> list[tuple[str, int, bool]]:
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue
-        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
-                 else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names += [f"{node.module}.{a.name}" for a in node.names]
+            # ``from compressor import distributed`` imports compressor.distributed (resolve() keeps
+            # the longest known module of each name)
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
         for name in names:
             if name == "compressor" or name.startswith("compressor."):
                 found.append((name, node.lineno, id(node) in top))

@@ -5,6 +5,7 @@ import argparse
 
 from compressor.api import resume, run
 from compressor.commands.common import add_recipe_args, add_trust_arg, formatter
+from compressor.distributed import is_main
 from compressor.errors import CompressorError
 
 HELP = """\
@@ -18,6 +19,11 @@ run directory layout (default runs/<recipe>-<timestamp>/):
   checkpoints/NN-*.pt  weights + stage states after each stage
   deploy/model.onnx    the exported model (export stage)
   report.{md,json,png} the per-stage report
+
+data-parallel training (see docs/scaling.md): the same command under torchrun,
+  torchrun --standalone --nproc-per-node 2 -m compressor.cli run RECIPE --out RUN_DIR
+trains finetune/distill/QAT/codebook/prune/lowrank steps on every process, with
+data.batch_size the global batch; rank 0 writes the run directory.
 """
 
 
@@ -44,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
                      trust_code=args.trust_code)
     else:
         raise CompressorError("give a recipe file, or --resume RUN_DIR")
+    if not is_main():  # under torchrun rank 0 prints the report
+        return 0
     print()
     print(report.table())
     for warning in report.warnings:

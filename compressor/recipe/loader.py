@@ -241,8 +241,6 @@ def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, li
     """Resolve model files and import folders relative to the recipe and check them; import-check
     each factory (user code, refused from the families :mod:`compressor.trust` lists) and the
     arguments of factories and zoo builders."""
-    from compressor.zoo import MODELS
-
     errors: list[RecipeError] = []
     base = path.parent.resolve() if path else Path.cwd()
 

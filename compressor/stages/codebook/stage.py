@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from compressor import distributed
 from compressor.calibration import input_statistics
 from compressor.context import Context
 from compressor.errors import StageError
@@ -91,9 +92,10 @@ class Codebook(Stage):
         ctx.stage_metrics.update({
             "layers": len(layers), "quality_kmeans": round(history[0], 5),
             "quality_per_epoch": [round(q, 5) for q in history], "storage": size.as_dict()})
-        if p.save_packed:
+        if p.save_packed:  # rank 0 writes it under torchrun
             path = ctx.run_dir / "deploy" / f"{self.name}.safetensors"
-            ctx.stage_metrics["packed_file_bytes"] = save_packed(ctx.model, path, p.entropy_coder)
+            ctx.stage_metrics["packed_file_bytes"] = distributed.main_only(
+                lambda: save_packed(ctx.model, path, p.entropy_coder))
             ctx.artifacts[self.name] = str(path)
         if p.materialize:
             for name, layer in layers.items():
