@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="worker processes on this machine (default 1)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--heartbeat", type=int, metavar="S",
+                   help="seconds between heartbeats of a running trial (RDB storages): a trial "
+                        "silent for 3 heartbeats is taken for a dead worker's, failed and re-queued "
+                        "(default 20)")
     p.add_argument("--report-only", action="store_true", help="write the report without new trials")
     p.add_argument("--no-report", action="store_true",
                    help="take trials but leave the report to another worker")
@@ -63,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,
-                    study_name=args.study_name, trials=args.trials, threads=threads)
+                    study_name=args.study_name, trials=args.trials, threads=threads, heartbeat=args.heartbeat)
     if args.report_only:
         search.prepare()
         summary = write_report(search)

@@ -16,7 +16,7 @@ import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 import torch
@@ -25,7 +25,9 @@ from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.recipe import Recipe, load_recipe
+from compressor.search.crash import crash_point
 from compressor.search.space import CheapSpec, Scalar, SearchSpec, Variable, apply, sample
+from compressor.search.twins import earlier_twin
 from compressor.stages import STAGES  # before compressor.train, which needs the stages package loaded
 from compressor.train import TrainParams
 
@@ -240,8 +242,9 @@ class Objective:
 
     def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
                  baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, "Task"],
-                 table: "LatencyTable | None") -> None:
+                 table: "LatencyTable | None", recover: Callable[[optuna.Study], object]) -> None:
         self.study = study
+        self.recover = recover  # run while waiting on another worker's trial (see search/twins.py)
         self.recipe, self.spec, self.variables = recipe, spec, variables
         self.baseline, self.workdir, self.reference = baseline, workdir, reference
         self.base, self.task = base, base[1]
@@ -251,14 +254,14 @@ class Objective:
     # ------------------------------------------------------------------ entry point
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self._check_surplus(trial)
-        trial.set_user_attr("worker", worker_id())
         values = sample(trial, self.variables)
         config = configured(self.recipe, self.variables, values, self.spec.cheap)
         digest = config_hash(config)
         trial.set_user_attr("config", digest)
-        duplicate = self._finished_twin(trial, digest)
+        duplicate = earlier_twin(self.study, trial.number, digest, self.recover)
         if duplicate is not None:
             return self._copy(trial, duplicate)
+        crash_point("evaluating", trial.number)
         trial_dir = self.workdir / "trials" / f"{trial.number:04d}"
         if trial_dir.exists():
             shutil.rmtree(trial_dir)
@@ -372,14 +375,6 @@ class Objective:
         if trial.number in {t.number for t in started[self.spec.trials:]}:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number}: the study already has {self.spec.trials} trials")
-
-    def _finished_twin(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
-        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        for t in self.study.get_trials(deepcopy=False, states=done):
-            if t.user_attrs.get("config") == digest and t.number != trial.number \
-                    and "duplicate_of" not in t.user_attrs:
-                return t
-        return None
 
     def _copy(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
         """A configuration evaluated before: reuse its results instead of running it again."""
