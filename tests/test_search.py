@@ -14,34 +14,18 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from search_toy import NoisyEnsemble  # noqa: F401  (registers the test-only 'ensemble' stage)
+from search_toy import builtin_recipe, toy_recipe  # also registers the test-only 'ensemble' stage
 
 from compressor import api
 from compressor.cli import main as cli
 from compressor.recipe import load_recipe
+from compressor.search.crash import CRASH_ENV
 from compressor.search.objective import Objective, counted, worker_id
 from compressor.search.storage import open_storage
 from compressor.search.study import Search
-from compressor.search.crash import CRASH_ENV
 from compressor.search.workers import alive, retried_from
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_recipe(**search) -> dict:
-    """Random-init width-8 digits CNN: every trial takes a second or two."""
-    spec = {"trials": 3, "warm_start": 1, "startup_trials": 2, "latency_table": False,
-            "space": {"ensemble.repeat": {"per_layer": [1, 3]}}}
-    spec.update(search)
-    return {
-        "name": "toy", "model": {"zoo": "digits_cnn", "args": {"pretrained": False, "width": 8}},
-        "data": {"batch_size": 32, "eval_samples": 96},
-        "report": {"latency_batch": 4, "iterations": 10, "warmup": 2},
-        "stages": [{"ensemble": {"noise": 0.3, "ignore": ["classifier"]}},
-                   {"finetune": {"epochs": 1, "max_steps_per_epoch": 8, "lr": 0.01}},
-                   {"export": {}}],
-        "search": spec,
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -168,14 +152,6 @@ def test_cli_explains_a_recipe_without_search(tmp_path, capsys):
     assert "no 'search:' section" in capsys.readouterr().err
 
 
-def builtin_recipe(**search) -> dict:
-    """The toy recipe without the test-only stage, for worker processes started from the CLI."""
-    recipe = toy_recipe(warm_start=0, space={"finetune.max_steps_per_epoch": {"value": [2, 12]},
-                                             "finetune.lr": {"value": {"choices": [0.01, 0.02]}}}, **search)
-    recipe["stages"] = recipe["stages"][1:]
-    return recipe
-
-
 def test_a_zombie_is_not_alive():
     """A killed child of ``--workers`` is a zombie until reaped; its trial must still be recovered."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -219,27 +195,24 @@ def test_workers_finish_the_budget_and_report_when_a_child_is_killed(tmp_path, m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["asked", "evaluating"])
-def test_a_killed_worker_resumed_continues_the_count(tmp_path, point):
-    """A worker SIGKILLed in trial 1 between Optuna's ask() and the owner write ("asked": no
-    owner, no heartbeat yet) or as it starts the stages ("evaluating"): run again, the same command fails and
-    re-queues that trial once and ends with the budget of finished trials."""
+def test_a_killed_worker_resumed_continues_the_count(tmp_path):
+    """A worker SIGKILLed in trial 1 between Optuna's ask() and the owner write (no owner, no
+    heartbeat yet): run again, the same command fails and re-queues that trial once and ends
+    with the budget of finished trials. (A kill once the trial is owned: the test above.)"""
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(builtin_recipe(trials=3)))
     cmd = [sys.executable, "-m", "compressor.cli", "search", str(path), "--out", str(tmp_path / "s"),
            "--threads", "1", "--heartbeat", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run(cmd, cwd=ROOT, env={**env, CRASH_ENV: f"{point}@1"}, capture_output=True,
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env, CRASH_ENV: "asked@1"}, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
     assert trials[1].state == TrialState.FAIL
-    assert ("worker" in trials[1].user_attrs) == (point == "evaluating")
+    assert "worker" not in trials[1].user_attrs
     retry = [t for t in trials if retried_from(t) == 1]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    if point == "evaluating":  # killed once sampled: the retry runs the same configuration
-        assert retry[0].params == trials[1].params
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

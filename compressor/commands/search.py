@@ -59,7 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from compressor.errors import CompressorError
     from compressor.recipe import load_recipe
-    from compressor.search.report import write_report
     from compressor.search.study import Search, default_run_dir
 
     if args.workers < 1:
@@ -69,8 +68,7 @@ def main(args: argparse.Namespace) -> int:
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,
                     study_name=args.study_name, trials=args.trials, threads=threads, heartbeat=args.heartbeat)
     if args.report_only:
-        search.prepare()
-        summary = write_report(search)
+        summary = search.report()
     else:
         summary = search.run(workers=args.workers, report=not args.no_report)
     if summary is None:

@@ -7,6 +7,8 @@ password never appears in messages or the report.
 """
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,8 @@ from compressor.errors import CompressorError
 
 #: Seconds a worker waits for a database server to answer before giving up.
 CONNECT_TIMEOUT_S = 10
+#: Tries to open a database whose tables other workers are creating at the same moment.
+SCHEMA_ATTEMPTS = 5
 #: Seconds a SQLite writer waits for another worker's lock (trials write rarely, but together).
 SQLITE_LOCK_TIMEOUT_S = 120
 
@@ -50,16 +54,30 @@ def open_storage(url: str, *, heartbeat_s: int | None = None,
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s if heartbeat_s else None, heartbeat_stale_trial_callback=on_stale)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
+                        grace_period=3 * heartbeat_s if heartbeat_s else None,
+                        heartbeat_stale_trial_callback=on_stale)
+            except sqlalchemy.exc.DBAPIError as exc:
+                # Workers that start together on an empty database all create Optuna's tables;
+                # all but one fail ("already exists", optuna#1092), and then find them made.
+                if attempt + 1 == SCHEMA_ATTEMPTS or not _schema_race(exc):
+                    raise
+                time.sleep(random.uniform(0.1, 1.0))
     except ImportError as exc:
         raise CompressorError(f"--storage {shown(url)}: the database driver is missing ({exc}); install "
                               "it, e.g. `pip install 'compressor[postgres]'` for postgresql+psycopg://") from None
     except Exception as exc:  # sqlalchemy raises many kinds for bad URLs, refused logins, dead servers
         raise CompressorError(f"--storage {shown(url)}: cannot open the study storage ({_one_line(exc)})") from None
+
+
+def _schema_race(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) \
+        or "already exists" in str(exc.orig)
 
 
 def _engine_kwargs(url: str) -> dict:

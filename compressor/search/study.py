@@ -15,7 +15,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 import yaml
@@ -32,6 +32,9 @@ from compressor.search.seeding import sensitivity_config
 from compressor.search.space import SearchSpec, Variable, resolve, warm_start_configs
 from compressor.search.storage import open_storage, shown, storage_url
 from compressor.search.workers import Owned, Recovery, retry_stale
+
+if TYPE_CHECKING:
+    from compressor.search.report import SearchSummary
 
 #: Seconds between heartbeats of a running trial (RDB storages); stale after three missed.
 HEARTBEAT_S = 20
@@ -245,10 +248,9 @@ class Search:
             parts.append(f"(same as trial {a['duplicate_of']})")
         self.log("  ".join(parts))
 
-    def run(self, workers: int = 1, report: bool = True) -> "Any":
-        """Set up, take trials with ``workers`` processes, and write the report (if asked)."""
-        from compressor.search.report import write_report
-
+    def run(self, workers: int = 1, report: bool = True) -> "SearchSummary | None":
+        """Set up, take trials with ``workers`` processes, and write the report (if asked).
+        None, at once, when the study is already complete."""
         if self.complete():
             self.log(f"study {self.study_name!r} in {shown(self.url)} already holds its {self.spec.trials} "
                      "finished trials: nothing to do (--trials N extends it, --report-only rewrites the report)")
@@ -259,7 +261,15 @@ class Search:
             self.work()
         finally:
             self.recovery.reap(wait=True)
-        return write_report(self) if report else None
+        return self.report() if report else None
+
+    def report(self) -> "SearchSummary":
+        """Write the report of the study as it is (see search/report.py)."""
+        from compressor.search.report import write_report
+
+        if self._objective is None:
+            self.prepare()
+        return write_report(self)
 
     def _spawn(self) -> subprocess.Popen:
         """Another worker process on this study (same recipe file, storage and study name)."""
