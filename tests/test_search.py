@@ -23,7 +23,7 @@ from compressor.search.crash import CRASH_ENV
 from compressor.search.objective import Objective, counted, worker_id
 from compressor.search.storage import open_storage
 from compressor.search.study import Search
-from compressor.search.workers import alive, retried_from
+from compressor.search.workers import alive, retried_from, retry_stale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,26 @@ def test_stale_trial_of_a_dead_worker_is_retried_and_not_counted(tmp_path):
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == trials[0].params
     assert len(counted(trials)) == 2
+
+
+def test_a_trial_taken_over_from_a_slow_worker_is_run_again(tmp_path, monkeypatch, capsys):
+    """Another worker took this one for dead mid-trial (a late heartbeat), failed and re-queued
+    its trial: this worker says so and goes on; the retry is run and the budget met."""
+    search = Search(load_recipe(toy_recipe(trials=2, warm_start=0)), tmp_path / "s")
+    evaluate = Objective.__call__
+
+    def taken_over_once(self, trial):
+        if trial.number == 0:
+            self.study.tell(0, state=TrialState.FAIL)
+            retry_stale(self.study, self.study.get_trials()[0])
+        return evaluate(self, trial)
+
+    monkeypatch.setattr(Objective, "__call__", taken_over_once)
+    search.run(report=False)
+    trials = trials_of(search)
+    assert trials[0].state == TrialState.FAIL and retried_from(trials[1]) == 0
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert "trial   0  taken over by another worker" in capsys.readouterr().out
 
 
 def test_trials_over_budget_stop_before_training(tmp_path):

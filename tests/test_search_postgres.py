@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("COMPRESSOR_TEST_PG_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="COMPRESSOR_TEST_PG_URL is unset: run the tests under "
                                                  ".ci/with_postgres.sh (as .ci/run does) to start a PostgreSQL server")
-psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
 
 def search_cmd(recipe: Path, out: Path, study: str, storage: str) -> list[str]:
@@ -86,18 +86,21 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", ["stopped server", pytest.param("wrong password", marks=needs_pg)])
+@pytest.mark.parametrize("case", ["stopped server", pytest.param("wrong password", marks=needs_pg),
+                                  "unknown kind"])
 def test_a_storage_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path, capsys, case):
     if case == "stopped server":  # a free loopback port: nobody listens there
         url = f"postgresql+psycopg://compressor:secret@127.0.0.1:{free_port()}/postgres"
-        expected = "refused"
-    else:
-        url = make_url(PG_URL).set(password="wrong-password").render_as_string(hide_password=False)
+        expected = "cannot open the study storage (connection failed: "
+    elif case == "wrong password":
+        url = make_url(PG_URL).set(password="secret").render_as_string(hide_password=False)
         expected = "password authentication failed"
+    else:
+        url = "postgres://compressor:secret@127.0.0.1/postgres"  # SQLAlchemy says postgresql://
+        expected = "unknown database kind; write e.g. postgresql+psycopg://"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(builtin_recipe(trials=1)))
     assert cli(["search", str(recipe), "--out", str(tmp_path / "s"), "--storage", url]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --storage postgresql+psycopg://compressor:***@")
-    assert "cannot open the study storage" in err and expected in err
-    assert "Traceback" not in err and "secret" not in err and "wrong-password" not in err
+    assert err.count("\n") == 1 and err.startswith(f"error: --storage {url.replace('secret', '***')}: ")
+    assert expected in err and "Traceback" not in err and "secret" not in err

@@ -1,8 +1,8 @@
 """Crash points, for tests of workers that die at an exact moment of a trial.
 
 ``COMPRESSOR_SEARCH_CRASH=POINT[@TRIAL][,POINT[@TRIAL]...]`` makes a worker SIGKILL itself when
-a trial (the numbered one, else any) reaches POINT: ``asked`` (created by Optuna, no owner yet),
-``owned`` (owner written, nothing sampled) or ``evaluating`` (sampled, about to run the stages).
+a trial (the numbered one, else any) reaches POINT: ``asked`` (created by Optuna, no owner yet)
+or ``evaluating`` (owned and sampled, about to run the stages).
 Unset, a crash point costs one environment look-up.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import optuna
 import torch
@@ -33,6 +33,7 @@ from compressor.train import TrainParams
 
 if TYPE_CHECKING:
     from compressor.search.predictor import LatencyTable
+    from compressor.search.workers import Recovery
     from compressor.task import Task
 
 
@@ -242,7 +243,7 @@ class Objective:
 
     def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
                  baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, "Task"],
-                 table: "LatencyTable | None", recover: Callable[[optuna.Study], object]) -> None:
+                 table: "LatencyTable | None", recover: "Recovery") -> None:
         self.study = study
         self.recover = recover  # run while waiting on another worker's trial (see search/twins.py)
         self.recipe, self.spec, self.variables = recipe, spec, variables

@@ -68,6 +68,10 @@ def open_storage(url: str, *, heartbeat_s: int | None = None,
                 if attempt + 1 == SCHEMA_ATTEMPTS or not _schema_race(exc):
                     raise
                 time.sleep(random.uniform(0.1, 1.0))
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise CompressorError(f"--storage {shown(url)}: unknown database kind; write e.g. "
+                              "postgresql+psycopg://user:pass@host/db, mysql+pymysql://..., sqlite:///file.db "
+                              "or a journal file path") from None
     except ImportError as exc:
         raise CompressorError(f"--storage {shown(url)}: the database driver is missing ({exc}); install "
                               "it, e.g. `pip install 'compressor[postgres]'` for postgresql+psycopg://") from None

@@ -31,7 +31,7 @@ from compressor.search.predictor import LatencyTable, measure_table
 from compressor.search.seeding import sensitivity_config
 from compressor.search.space import SearchSpec, Variable, resolve, warm_start_configs
 from compressor.search.storage import open_storage, shown, storage_url
-from compressor.search.workers import Owned, Recovery, retry_stale
+from compressor.search.workers import Owned, Recovery, retry_stale, was_retried
 
 if TYPE_CHECKING:
     from compressor.search.report import SearchSummary
@@ -79,7 +79,7 @@ class Search:
         self.heartbeat = heartbeat
         self.log = log
         # A trial silent for three heartbeats, or ownerless that long, belongs to a dead worker.
-        self.recovery = Recovery(grace_s=3 * heartbeat, log=log)
+        self.recovery = Recovery(grace_s=3 * heartbeat, heartbeats="://" in self.url, log=log)
         self.study: optuna.Study | None = None
         self._objective: Objective | None = None
 
@@ -196,26 +196,31 @@ class Search:
         runs: another worker's may finish, or die and be re-queued for this one to take."""
         assert self._objective is not None, "call prepare() first"
         objective = Owned(self._objective)
+        waiting_for: list[int] = []
         while True:
             self.recovery(self.study)
             trials = self.study.get_trials(deepcopy=False)
             started = [t for t in counted(trials) if t.state != TrialState.WAITING]
+            running = [t.number for t in trials if t.state == TrialState.RUNNING and self.recovery.watches(t)]
             if len(started) < self.spec.trials:
                 self._take(objective)
-            elif any(t.state == TrialState.RUNNING for t in trials):
+            elif running:
+                if running != waiting_for:
+                    self.log(f"waiting for trial(s) {', '.join(map(str, running))} of other workers")
+                    waiting_for = running
                 time.sleep(POLL_S)
             else:
                 return
 
     def _take(self, objective: Owned) -> None:
+        objective.trial = None
         try:
             self.study.optimize(objective, n_trials=1, catch=(CompressorError, SurplusTrial),
                                 callbacks=[self._announce])
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # Optuna cannot tell a trial that another worker failed meanwhile: one that took this
             # worker for dead (a heartbeat or owner write later than the grace) and re-queued it.
-            taken = objective.trial is not None and self.study.get_trials(deepcopy=False)[objective.trial]
-            if not taken or not taken.state.is_finished():
+            if objective.trial is None or not was_retried(self.study, objective.trial):
                 raise
             self.log(f"trial {objective.trial:3d}  taken over by another worker (this one was too slow to "
                      "answer); its retry runs it again")

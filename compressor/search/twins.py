@@ -11,10 +11,13 @@ fails that trial and the waiting one evaluates the configuration itself.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    from compressor.search.workers import Recovery
 
 #: Seconds between looks at the trials a waiting trial waits for.
 POLL_S = 0.5
@@ -22,9 +25,10 @@ _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def earlier_twin(study: optuna.Study, number: int, digest: str,
-                 recover: Callable[[optuna.Study], object]) -> optuna.trial.FrozenTrial | None:
+                 recover: "Recovery") -> optuna.trial.FrozenTrial | None:
     """The finished trial of configuration ``digest`` that trial ``number`` should copy, or None
-    when it is the one to evaluate it. ``recover`` runs between looks (dead workers' trials)."""
+    when it is the one to evaluate it. ``recover`` runs between looks (dead workers' trials);
+    trials whose death it could not notice (another host, no heartbeat) are not waited for."""
     while True:
         trials = study.get_trials(deepcopy=False)
         for t in trials:
@@ -32,7 +36,7 @@ def earlier_twin(study: optuna.Study, number: int, digest: str,
                     and "duplicate_of" not in t.user_attrs:
                 return t
         if not any(t.state == TrialState.RUNNING and t.number < number
-                   and t.user_attrs.get("config", digest) == digest for t in trials):
+                   and t.user_attrs.get("config", digest) == digest and recover.watches(t) for t in trials):
             return None
         time.sleep(POLL_S)
         recover(study)

@@ -53,7 +53,6 @@ class Owned:
         self.trial = trial.number
         crash_point("asked", trial.number)
         trial.set_user_attr(OWNER, worker_id())
-        crash_point("owned", trial.number)
         return self.objective(trial)
 
 
@@ -74,15 +73,25 @@ def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
+def was_retried(study: optuna.Study, number: int) -> bool:
+    """Whether trial ``number`` was taken for a dead worker's and re-queued."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history
+        return any(number in history(t) for t in study.get_trials(deepcopy=False))
+
+
 @dataclass
 class Recovery:
     """Finds the study's RUNNING trials whose worker is gone, fails and re-queues them.
 
-    ``grace_s``: how long a trial may go without heartbeat or owner. ``children``: worker
+    ``grace_s``: how long a trial may go without heartbeat or owner. ``heartbeats``: whether
+    the storage records them (then a dead worker of any host is found). ``children``: worker
     processes this one started, reaped here as they die.
     """
 
     grace_s: float
+    heartbeats: bool
     children: list[subprocess.Popen] = field(default_factory=list)
     log: Callable[[str], None] = print
 
@@ -108,6 +117,11 @@ class Recovery:
             if child.returncode is None and (child.wait() if wait else child.poll()) is not None \
                     and child.returncode != 0:
                 self.log(f"worker process {child.pid} ended with {_status(child.returncode)}")
+
+    def watches(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether this worker would find out that ``trial``'s worker died, and so may wait for it."""
+        owner = trial.user_attrs.get(OWNER)
+        return self.heartbeats or owner is None or str(owner).rpartition(":")[0] == socket.gethostname()
 
     def _gone(self, trial: optuna.trial.FrozenTrial, now: datetime.datetime) -> bool:
         owner = trial.user_attrs.get(OWNER)
