@@ -27,12 +27,13 @@ if ! BINDIR=$(find_bindir); then
     BINDIR=$(find_bindir) || { echo "with_postgres: postgresql installed but pg_ctl not found" >&2; exit 1; }
 fi
 
-# PostgreSQL refuses to run as root: run the server as an unprivileged user.
-as_owner=()
+# PostgreSQL refuses to run as root: run the server as an unprivileged user, from a directory
+# it can read (initdb fails where it cannot read the current directory, e.g. under /root).
+as_owner=(env -C /)
 if [[ $(id -u) -eq 0 ]]; then
     id -u postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
         --shell /usr/sbin/nologin postgres
-    as_owner=(runuser -u postgres --)
+    as_owner=(runuser -u postgres -- env -C /)
 fi
 
 PGTMP=$(mktemp -d "${TMPDIR:-/tmp}/compressor-pg.XXXXXX")
