@@ -47,8 +47,9 @@ def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequen
     """
     if not isinstance(recipe, Recipe) or overrides:
         recipe = load_recipe(recipe.to_dict() if isinstance(recipe, Recipe) else recipe, overrides=overrides)
-    return Search(recipe, run_dir or default_run_dir(recipe), storage=storage, study_name=study_name,
-                  trials=trials).run(workers=workers)
+    search = Search(recipe, run_dir or default_run_dir(recipe), storage=storage, study_name=study_name,
+                    trials=trials)
+    return search.run(workers=workers) or search.report()  # a complete study: its report
 
 
 def resume(run_dir: str | Path, *, trust_code: bool = False) -> Report:

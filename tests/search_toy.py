@@ -1,6 +1,8 @@
-"""A test-only stage with a real per-layer quality/latency trade-off, so search tests need no
-other stage: each selected layer becomes the mean of ``repeat`` noisy copies of itself. More
-copies average the noise away (quality up) and cost more compute (latency up)."""
+"""Toy search recipes, and a test-only stage with a real per-layer quality/latency trade-off, so
+search tests need no other stage: each selected layer becomes the mean of ``repeat`` noisy copies
+of itself. More copies average the noise away (quality up) and cost more compute (latency up).
+Worker processes started from the CLI don't know the test-only stage: they run
+:func:`builtin_recipe`."""
 from __future__ import annotations
 
 import copy
@@ -59,3 +61,27 @@ class Ensemble(Stage):
 
 if "ensemble" not in STAGES:
     register_stage("ensemble")(Ensemble)
+
+
+def toy_recipe(**search) -> dict:
+    """Random-init width-8 digits CNN: every trial takes a second or two."""
+    spec = {"trials": 3, "warm_start": 1, "startup_trials": 2, "latency_table": False,
+            "space": {"ensemble.repeat": {"per_layer": [1, 3]}}}
+    spec.update(search)
+    return {
+        "name": "toy", "model": {"zoo": "digits_cnn", "args": {"pretrained": False, "width": 8}},
+        "data": {"batch_size": 32, "eval_samples": 96},
+        "report": {"latency_batch": 4, "iterations": 10, "warmup": 2},
+        "stages": [{"ensemble": {"noise": 0.3, "ignore": ["classifier"]}},
+                   {"finetune": {"epochs": 1, "max_steps_per_epoch": 8, "lr": 0.01}},
+                   {"export": {}}],
+        "search": spec,
+    }
+
+
+def builtin_recipe(**search) -> dict:
+    """The toy recipe without the test-only stage, for worker processes started from the CLI."""
+    recipe = toy_recipe(warm_start=0, space={"finetune.max_steps_per_epoch": {"value": [2, 12]},
+                                             "finetune.lr": {"value": {"choices": [0.01, 0.02]}}}, **search)
+    recipe["stages"] = recipe["stages"][1:]
+    return recipe

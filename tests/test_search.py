@@ -2,48 +2,30 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
+from unittest import mock
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from search_toy import NoisyEnsemble  # noqa: F401  (registers the test-only 'ensemble' stage)
+from search_toy import builtin_recipe, toy_recipe  # also registers the test-only 'ensemble' stage
 
 from compressor import api
 from compressor.cli import main as cli
 from compressor.recipe.loader import load_recipe
-from compressor.search.objective import counted
-from compressor.search.study import Search, open_storage
+from compressor.search.crash import CRASH_ENV
+from compressor.search.objective import Objective, counted, worker_id
+from compressor.search.storage import open_storage
+from compressor.search.study import Search
+from compressor.search.workers import alive, retried_from, retry_stale
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_recipe(**search) -> dict:
-    """Random-init width-8 digits CNN: every trial takes a second or two."""
-    spec = {"trials": 3, "warm_start": 1, "startup_trials": 2, "latency_table": False,
-            "space": {"ensemble.repeat": {"per_layer": [1, 3]}}}
-    spec.update(search)
-    return {
-        "name": "toy", "model": {"zoo": "digits_cnn", "args": {"pretrained": False, "width": 8}},
-        "data": {"batch_size": 32, "eval_samples": 96},
-        "report": {"latency_batch": 4, "iterations": 10, "warmup": 2},
-        "stages": [{"ensemble": {"noise": 0.3, "ignore": ["classifier"]}},
-                   {"finetune": {"epochs": 1, "max_steps_per_epoch": 8, "lr": 0.01}},
-                   {"export": {}}],
-        "search": spec,
-    }
-
-
-def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 @pytest.fixture(autouse=True)
@@ -120,6 +102,26 @@ def test_stale_trial_of_a_dead_worker_is_retried_and_not_counted(tmp_path):
     assert len(counted(trials)) == 2
 
 
+def test_a_trial_taken_over_from_a_slow_worker_is_run_again(tmp_path, monkeypatch, capsys):
+    """Another worker took this one for dead mid-trial (a late heartbeat), failed and re-queued
+    its trial: this worker says so and goes on; the retry is run and the budget met."""
+    search = Search(load_recipe(toy_recipe(trials=2, warm_start=0)), tmp_path / "s")
+    evaluate = Objective.__call__
+
+    def taken_over_once(self, trial):
+        if trial.number == 0:
+            self.study.tell(0, state=TrialState.FAIL)
+            retry_stale(self.study, self.study.get_trials()[0])
+        return evaluate(self, trial)
+
+    monkeypatch.setattr(Objective, "__call__", taken_over_once)
+    search.run(report=False)
+    trials = trials_of(search)
+    assert trials[0].state == TrialState.FAIL and retried_from(trials[1]) == 0
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert "trial   0  taken over by another worker" in capsys.readouterr().out
+
+
 def test_trials_over_budget_stop_before_training(tmp_path):
     search = Search(load_recipe(toy_recipe(trials=2, budget={"latency_ratio": 0.01})), tmp_path / "s")
     summary = search.run()
@@ -170,59 +172,67 @@ def test_cli_explains_a_recipe_without_search(tmp_path, capsys):
     assert "no 'search:' section" in capsys.readouterr().err
 
 
+def test_a_zombie_is_not_alive():
+    """A killed child of ``--workers`` is a zombie until reaped; its trial must still be recovered."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.05)
+    assert not alive(child.pid)
+    child.wait()
+    assert not alive(child.pid) and alive(os.getpid())
+
+
 @pytest.mark.slow
-def test_two_worker_processes_share_one_study_without_losing_trials(tmp_path):
-    """`--workers 2` (built-in stages only: the workers are fresh processes)."""
-    recipe = toy_recipe(trials=8, warm_start=2, space={
-        "finetune.lr": {"value": {"low": 1e-4, "high": 1e-2, "log": True}},
-        "finetune.max_steps_per_epoch": {"value": [10, 40]}})
-    recipe["stages"] = recipe["stages"][1:]
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    done = subprocess.run([sys.executable, "-m", "compressor.cli", "search", str(path), "--out",
-                           str(tmp_path / "s"), "--workers", "2"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 8
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    # Which worker takes which trial depends on timing (a fast worker may take them all), so only
-    # the study's bookkeeping is asserted: every trial finished once, none left running.
-    assert all("worker" in t.user_attrs for t in finished)
-    assert (tmp_path / "s" / "best.yaml").is_file()
+def test_workers_finish_the_budget_and_report_when_a_child_is_killed(tmp_path, monkeypatch):
+    """`--workers 2` whose child is SIGKILLed mid-trial: the parent reaps it, re-queues its trial
+    and runs it, finishes the budget and writes the report."""
+    search = Search(load_recipe(builtin_recipe(trials=3)), tmp_path / "s", threads=1)
+    spawn = Search._spawn
+
+    def crashing_child(self):
+        with mock.patch.dict(os.environ, {CRASH_ENV: "evaluating"}):  # the child's first trial
+            return spawn(self)
+
+    evaluate = Objective.__call__
+
+    def after_the_child_took_a_trial(self, trial):  # else the parent may use up the budget alone
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(
+                t.user_attrs.get("worker") not in (None, worker_id()) for t in self.study.get_trials()):
+            time.sleep(0.2)
+        return evaluate(self, trial)
+
+    monkeypatch.setattr(Search, "_spawn", crashing_child)
+    monkeypatch.setattr(Objective, "__call__", after_the_child_took_a_trial)
+    summary = search.run(workers=2)
+    trials = trials_of(search)
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(killed) == 1 and killed[0].user_attrs["worker"] != worker_id()
+    retry = [t for t in trials if retried_from(t) == killed[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed[0].params
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+    assert summary.best is not None and (tmp_path / "s" / "search_report.md").is_file()
 
 
 @pytest.mark.slow
 def test_a_killed_worker_resumed_continues_the_count(tmp_path):
-    recipe = toy_recipe(trials=4, warm_start=0, space={"finetune.max_steps_per_epoch": {"value": [30, 45]}})
-    recipe["stages"] = recipe["stages"][1:]
-    recipe["stages"][0]["finetune"]["epochs"] = 4  # trials of a few seconds: time to kill one
+    """A worker SIGKILLed in trial 1 between Optuna's ask() and the owner write (no owner, no
+    heartbeat yet): run again, the same command fails and re-queues that trial once and ends
+    with the budget of finished trials. (A kill once the trial is owned: the test above.)"""
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(builtin_recipe(trials=3)))
     cmd = [sys.executable, "-m", "compressor.cli", "search", str(path), "--out", str(tmp_path / "s"),
-           "--threads", "1"]
+           "--threads", "1", "--heartbeat", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    url = f"sqlite:///{tmp_path / 's' / 'study.db'}"
-    worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed = None
-    deadline = time.monotonic() + 240
-    while killed is None and time.monotonic() < deadline and worker.poll() is None:
-        time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="toy", storage=url).trials
-        except Exception:  # the study is not created yet
-            continue
-        running = [t.number for t in trials if t.state == TrialState.RUNNING and t.number >= 1]
-        if running:
-            worker.kill()
-            killed = running[0]
-    worker.wait()
-    assert killed is not None, "the worker finished before it could be killed"
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env, CRASH_ENV: "asked@1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    trials = optuna.load_study(study_name="toy", storage=url).trials
-    assert trials[killed].state == TrialState.FAIL
-    retry = [t for t in trials if retried_from(t) == killed]
+    trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
+    assert trials[1].state == TrialState.FAIL
+    assert "worker" not in trials[1].user_attrs
+    retry = [t for t in trials if retried_from(t) == 1]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

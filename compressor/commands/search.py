@@ -6,7 +6,7 @@ import os
 
 from compressor.commands.common import add_recipe_args, formatter, int_in
 from compressor.recipe.loader import load_recipe
-from compressor.search.report import describe, write_report
+from compressor.search.report import describe
 from compressor.search.study import Search, default_run_dir
 
 HELP = """\
@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int_in(1, 1024), metavar="N",
                    help="PyTorch threads per worker for the trials' training and evaluation "
                         "(default: cores / workers); ONNX Runtime latency uses the target's threads")
+    p.add_argument("--heartbeat", type=int, metavar="S",
+                   help="seconds between heartbeats of a running trial (RDB storages): a trial "
+                        "silent for 3 heartbeats is taken for a dead worker's, failed and re-queued "
+                        "(default 20)")
     p.add_argument("--report-only", action="store_true", help="write the report without new trials")
     p.add_argument("--no-report", action="store_true",
                    help="take trials but leave the report to another worker")
@@ -60,10 +64,10 @@ def main(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     threads = args.torch_threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,
-                    study_name=args.study_name, trials=args.trials, torch_threads=threads)
+                    study_name=args.study_name, trials=args.trials, torch_threads=threads,
+                    heartbeat=args.heartbeat)
     if args.report_only:
-        search.prepare()
-        summary = write_report(search)
+        summary = search.report()
     else:
         summary = search.run(workers=args.workers, report=not args.no_report)
     if summary is None:

@@ -13,7 +13,7 @@ import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from torch import nn
@@ -21,12 +21,17 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.recipe.schema import Recipe
 from compressor.recipe.space import SearchSpec
+from compressor.search.crash import crash_point
 from compressor.search.latency import (LatencyCache, LatencySettings, export_for_latency, graph_key,
                                        relative_latency)
 from compressor.search.predictor import LatencyTable
 from compressor.search.space import Scalar, Variable, sample
 from compressor.search.trial import captured, configured, for_trial, run_recipe
+from compressor.search.twins import earlier_twin
 from compressor.task import Task
+
+if TYPE_CHECKING:
+    from compressor.search.workers import Recovery
 
 
 # --------------------------------------------------------------------------- the objective
@@ -72,8 +77,9 @@ class Objective:
 
     def __init__(self, study: optuna.Study, recipe: Recipe, spec: SearchSpec, variables: list[Variable],
                  baseline: Baseline, workdir: Path, reference: Path, base: tuple[nn.Module, Task],
-                 table: LatencyTable | None, settings: LatencySettings) -> None:
+                 table: LatencyTable | None, settings: LatencySettings, recover: "Recovery") -> None:
         self.study = study
+        self.recover = recover  # run while waiting on another worker's trial (see search/twins.py)
         self.recipe, self.spec, self.variables = recipe, spec, variables
         self.baseline, self.workdir, self.reference = baseline, workdir, reference
         self.base, self.task = base, base[1]
@@ -83,14 +89,14 @@ class Objective:
     # ------------------------------------------------------------------ entry point
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self._check_surplus(trial)
-        trial.set_user_attr("worker", worker_id())
         values = sample(trial, self.variables)
         config = configured(self.recipe, self.variables, values, self.spec.cheap)
         digest = config.digest()
         trial.set_user_attr("config", digest)
-        duplicate = self._finished_twin(trial, digest)
+        duplicate = earlier_twin(self.study, trial.number, digest, self.recover)
         if duplicate is not None:
             return self._copy(trial, duplicate)
+        crash_point("evaluating", trial.number)
         trial_dir = self.workdir / "trials" / f"{trial.number:04d}"
         if trial_dir.exists():
             shutil.rmtree(trial_dir)
@@ -204,14 +210,6 @@ class Objective:
         if trial.number in {t.number for t in started[self.spec.trials:]}:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number}: the study already has {self.spec.trials} trials")
-
-    def _finished_twin(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
-        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        for t in self.study.get_trials(deepcopy=False, states=done):
-            if t.user_attrs.get("config") == digest and t.number != trial.number \
-                    and "duplicate_of" not in t.user_attrs:
-                return t
-        return None
 
     def _copy(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | tuple[float, ...]:
         """A configuration evaluated before: reuse its results instead of running it again."""

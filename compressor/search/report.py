@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from compressor.io import atomic_path, write_json, write_text
 from compressor.search.objective import configured
+from compressor.search.storage import shown
 
 if TYPE_CHECKING:
     from compressor.search.study import Search
@@ -53,7 +54,7 @@ def summarize(study: optuna.Study, search: "Search") -> SearchSummary:
     predictor = ({"trials": len(errors), "median_pct": statistics.median(errors), "max_pct": max(errors)}
                  if errors else {})
     budget = spec.budget.model_dump(exclude_none=True) if spec.budget else {}
-    return SearchSummary(str(search.run_dir), search.study_name, search.url, list(spec.objectives or []),
+    return SearchSummary(str(search.run_dir), search.study_name, shown(search.url), list(spec.objectives or []),
                          budget, dict(study.user_attrs["baseline"]), rows, [r["number"] for r in front],
                          best["number"] if best else None, predictor)
 

@@ -3,20 +3,19 @@
 Every worker (a process started by ``--workers N``, or the same command on another machine
 pointed at the same ``--storage``) opens the one study, does the set-up once for all (input
 model latency, latency table, warm-start trials; kept in the study's attributes) and then takes
-trials until the study holds ``search.trials`` of them. A worker killed mid-trial leaves a
-RUNNING trial behind: a worker on the same host fails and re-queues it at once (its process is
-gone), and RDB storages also catch it from other hosts by Optuna's heartbeat.
+trials until the study holds ``search.trials`` of them, and waits for the other workers' running
+trials before it leaves, so that the report it writes is complete. A worker that dies mid-trial
+leaves a RUNNING trial behind, which the others fail and re-queue (search/workers.py).
 """
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 import torch
@@ -38,13 +37,18 @@ from compressor.search.predictor import LatencyTable, measure_table
 from compressor.search.report import write_report
 from compressor.search.seeding import sensitivity_config
 from compressor.search.space import resolve, warm_start_configs
+from compressor.search.storage import open_storage, shown, storage_url
 from compressor.search.trial import configured
+from compressor.search.workers import Owned, Recovery, retry_stale, was_retried
 from compressor.sources import load_model
+
+if TYPE_CHECKING:
+    from compressor.search.report import SearchSummary
 
 #: Seconds between heartbeats of a running trial (RDB storages); stale after three missed.
 HEARTBEAT_S = 20
-#: How often a trial of a dead worker is re-queued before it is given up.
-MAX_RETRY = 2
+#: Seconds between looks at the study while other workers' trials finish.
+POLL_S = 1.0
 RECIPE_FILE = "search_recipe.yaml"
 _DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
 
@@ -53,32 +57,6 @@ def default_run_dir(recipe: Recipe) -> Path:
     """``runs/<name>-search``: stable, so running the same command again resumes the study."""
     stem = recipe.name or (recipe.source.stem if recipe.source else "recipe")
     return Path("runs") / f"{stem}-search"
-
-
-def storage_url(storage: str | None, run_dir: Path) -> str:
-    """The storage to use: ``--storage`` as given, else SQLite in the run directory."""
-    return storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``) or a journal file path."""
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
-                heartbeat_stale_trial_callback=_retry())
-    except ImportError as exc:
-        raise CompressorError(f"--storage {url}: the database driver is missing ({exc}); install it, "
-                              "e.g. `pip install 'psycopg[binary]'` and use postgresql+psycopg://") from None
-    except Exception as exc:  # sqlalchemy raises many kinds for bad URLs and unreachable servers
-        raise CompressorError(f"--storage {url}: cannot open the study storage ({exc})") from None
 
 
 def _search_hash(recipe: Recipe) -> str:
@@ -93,9 +71,12 @@ class Search:
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, storage: str | None = None,
                  study_name: str | None = None, trials: int | None = None, torch_threads: int | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 heartbeat: int | None = None, log: Callable[[str], None] = print) -> None:
         if recipe.search is None:
             raise CompressorError("the recipe has no 'search:' section; see docs/search.md")
+        heartbeat = HEARTBEAT_S if heartbeat is None else heartbeat
+        if heartbeat < 1:
+            raise CompressorError(f"--heartbeat must be at least 1 second (got {heartbeat})")
         self.recipe = load_recipe(recipe.to_dict())
         self.spec: SearchSpec = self.recipe.search
         if trials is not None:
@@ -106,35 +87,54 @@ class Search:
         self.target = get_target(self.recipe.target)
         self.settings = LatencySettings.of(self.recipe, self.target)
         self.torch_threads = torch_threads
+        self.heartbeat = heartbeat
         self.log = log
+        # A trial silent for three heartbeats, or ownerless that long, belongs to a dead worker.
+        self.recovery = Recovery(grace_s=3 * heartbeat, heartbeats="://" in self.url, log=log)
+        self.study: optuna.Study | None = None
         self._objective: Objective | None = None
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self) -> optuna.Study:
-        """Open (or create) the study and do the shared set-up that is not done yet."""
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+    def open(self) -> optuna.Study:
+        """Open the study, or create it: of workers starting at once, exactly one creates it."""
+        if self.study is not None:
+            return self.study
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / RECIPE_FILE, yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials print their own line
-        storage = open_storage(self.url)
-        fresh = self.study_name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+        storage = open_storage(self.url, heartbeat_s=self.heartbeat, on_stale=retry_stale)
         seed = self.spec.seed if self.spec.seed is not None else self.recipe.seed
-        if not fresh:  # a joining or resumed worker must not replay the first worker's samples
+        try:
+            study = optuna.create_study(storage=storage, study_name=self.study_name,
+                                        directions=[_DIRECTIONS[o] for o in self.spec.objectives],
+                                        sampler=self._sampler(seed), pruner=self._pruner())
+        except optuna.exceptions.DuplicatedStudyError:
+            # A joining or resuming worker must not replay the samples of the one that created it.
             seed += zlib.crc32(worker_id().encode())
-        study = optuna.create_study(storage=storage, study_name=self.study_name,
-                                    directions=[_DIRECTIONS[o] for o in self.spec.objectives],
-                                    sampler=self._sampler(seed), pruner=self._pruner(),
-                                    load_if_exists=True)
+            study = optuna.load_study(study_name=self.study_name, storage=storage,
+                                      sampler=self._sampler(seed), pruner=self._pruner())
         digest = _search_hash(self.recipe)
         known = study.user_attrs.get("recipe_hash")
         if known is not None and known != digest:
             raise CompressorError(
-                f"study {self.study_name!r} in {self.url} was made from a different recipe or "
+                f"study {self.study_name!r} in {shown(self.url)} was made from a different recipe or "
                 "search space; use another --out, --storage or --study-name to start a new study")
         if known is None:
             study.set_user_attr("recipe_hash", digest)
+        self.study = study
+        return study
 
+    def complete(self) -> bool:
+        """Whether the study holds ``search.trials`` finished trials and none is running."""
+        trials = self.open().get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        return len(finished) >= self.spec.trials and not any(t.state == TrialState.RUNNING for t in trials)
+
+    def prepare(self) -> optuna.Study:
+        """Open (or create) the study and do the shared set-up that is not done yet."""
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        study = self.open()
         seed_everything(self.recipe.seed)  # as the pipeline does: a randomly initialised model is the same
         original = load_model(self.recipe.model)
         variables = resolve(self.spec, self.recipe, original)
@@ -169,7 +169,7 @@ class Search:
         self.study, self.variables, self.baseline, self.table = study, variables, baseline, table
         self.task, self.reference = task, reference
         self._objective = Objective(study, self.recipe, self.spec, variables, baseline, self.run_dir,
-                                    reference, (original, task), table, self.settings)
+                                    reference, (original, task), table, self.settings, self.recovery)
         return study
 
     def _reference_ms(self, reference: Path, task: Any) -> float:
@@ -196,16 +196,38 @@ class Search:
 
     # ------------------------------------------------------------------ trials
     def work(self) -> None:
-        """Take trials until the study holds ``search.trials`` of them."""
+        """Take trials until the study holds ``search.trials`` of them, then wait until no trial
+        runs: another worker's may finish, or die and be re-queued for this one to take."""
         assert self._objective is not None, "call prepare() first"
-        study = self.study
+        objective = Owned(self._objective)
+        waiting_for: list[int] = []
         while True:
-            recover_stale(study)
-            started = [t for t in counted(study.get_trials(deepcopy=False)) if t.state != TrialState.WAITING]
-            if len(started) >= self.spec.trials:
+            self.recovery(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            started = [t for t in counted(trials) if t.state != TrialState.WAITING]
+            running = [t.number for t in trials if t.state == TrialState.RUNNING and self.recovery.watches(t)]
+            if len(started) < self.spec.trials:
+                self._take(objective)
+            elif running:
+                if running != waiting_for:
+                    self.log(f"waiting for trial(s) {', '.join(map(str, running))} of other workers")
+                    waiting_for = running
+                time.sleep(POLL_S)
+            else:
                 return
-            study.optimize(self._objective, n_trials=1, catch=(CompressorError, SurplusTrial),
-                           callbacks=[self._announce])
+
+    def _take(self, objective: Owned) -> None:
+        objective.trial = None
+        try:
+            self.study.optimize(objective, n_trials=1, catch=(CompressorError, SurplusTrial),
+                                callbacks=[self._announce])
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # Optuna cannot tell a trial that another worker failed meanwhile: one that took this
+            # worker for dead (a heartbeat or owner write later than the grace) and re-queued it.
+            if objective.trial is None or not was_retried(self.study, objective.trial):
+                raise
+            self.log(f"trial {objective.trial:3d}  taken over by another worker (this one was too slow to "
+                     "answer); its retry runs it again")
 
     def _announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         a = trial.user_attrs
@@ -235,61 +257,32 @@ class Search:
             parts.append(f"(same as trial {a['duplicate_of']})")
         self.log("  ".join(parts))
 
-    def run(self, workers: int = 1, report: bool = True) -> "Any":
-        """Set up, take trials with ``workers`` processes, and write the report (if asked)."""
+    def run(self, workers: int = 1, report: bool = True) -> "SearchSummary | None":
+        """Set up, take trials with ``workers`` processes, and write the report (if asked).
+        None, at once, when the study is already complete."""
+        if self.complete():
+            self.log(f"study {self.study_name!r} in {shown(self.url)} already holds its {self.spec.trials} "
+                     "finished trials: nothing to do (--trials N extends it, --report-only rewrites the report)")
+            return None
         self.prepare()
-        children = [self._spawn() for _ in range(workers - 1)]
+        self.recovery.children = [self._spawn() for _ in range(workers - 1)]
         try:
             self.work()
         finally:
-            for child in children:
-                child.wait()
-        failed = [c.args for c in children if c.returncode]
-        if failed:
-            raise CompressorError(f"{len(failed)} worker process(es) failed; see their output above")
-        return write_report(self) if report else None
+            self.recovery.reap(wait=True)
+        return self.report() if report else None
+
+    def report(self) -> "SearchSummary":
+        """Write the report of the study as it is (see search/report.py)."""
+        if self._objective is None:
+            self.prepare()
+        return write_report(self)
 
     def _spawn(self) -> subprocess.Popen:
         """Another worker process on this study (same recipe file, storage and study name)."""
         cmd = [sys.executable, "-m", "compressor.cli", "search", str(self.run_dir / RECIPE_FILE),
                "--out", str(self.run_dir), "--storage", self.url, "--study-name", self.study_name,
-               "--trials", str(self.spec.trials), "--no-report"]
+               "--trials", str(self.spec.trials), "--heartbeat", str(self.heartbeat), "--no-report"]
         if self.torch_threads:
             cmd += ["--torch-threads", str(self.torch_threads)]
         return subprocess.Popen(cmd)
-
-
-def recover_stale(study: optuna.Study) -> list[int]:
-    """Fail and re-queue RUNNING trials whose worker process on this host is gone."""
-    host = socket.gethostname()
-    recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = str(trial.user_attrs.get("worker", ""))
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):  # another worker recovered it first
-            continue
-        frozen = next(t for t in study.get_trials() if t.number == trial.number)
-        _retry()(study, frozen)
-        recovered.append(trial.number)
-    return recovered
-
-
-def _retry() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """Re-queues a stale trial with the same parameters (Optuna marks it experimental)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
