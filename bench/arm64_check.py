@@ -21,7 +21,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
