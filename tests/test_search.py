@@ -186,7 +186,7 @@ def test_a_zombie_is_not_alive():
 def test_workers_finish_the_budget_and_report_when_a_child_is_killed(tmp_path, monkeypatch):
     """`--workers 2` whose child is SIGKILLed mid-trial: the parent reaps it, re-queues its trial
     and runs it, finishes the budget and writes the report."""
-    search = Search(load_recipe(builtin_recipe(trials=3)), tmp_path / "s", threads=1)
+    search = Search(load_recipe(builtin_recipe(trials=3)), tmp_path / "s", torch_threads=1)
     spawn = Search._spawn
 
     def crashing_child(self):
@@ -222,7 +222,7 @@ def test_a_killed_worker_resumed_continues_the_count(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(builtin_recipe(trials=3)))
     cmd = [sys.executable, "-m", "compressor.cli", "search", str(path), "--out", str(tmp_path / "s"),
-           "--threads", "1", "--heartbeat", "1"]
+           "--torch-threads", "1", "--heartbeat", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(cmd, cwd=ROOT, env={**env, CRASH_ENV: "asked@1"}, capture_output=True,
                             text=True, timeout=300)

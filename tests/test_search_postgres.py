@@ -30,7 +30,7 @@ pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not insta
 
 def search_cmd(recipe: Path, out: Path, study: str, storage: str) -> list[str]:
     return [sys.executable, "-m", "compressor.cli", "search", str(recipe), "--out", str(out),
-            "--storage", storage, "--study-name", study, "--threads", "1", "--heartbeat", "1"]
+            "--storage", storage, "--study-name", study, "--torch-threads", "1", "--heartbeat", "1"]
 
 
 def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
