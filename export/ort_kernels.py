@@ -7,9 +7,17 @@ bias as an input and adds it while it writes the output, so writing the kernel i
 one node and one pass over the output per Linear: 18 in MiniLM-L6 (bench/quantization.py).
 
 Writing the kernel means doing what ORT's own Q/DQ fusion would have done around it:
-- on x86 the activations become uint8 with zero point 128 (the same values: q + 128). ORT turns
-  int8 activations into uint8 when it fuses a Q/DQ graph because its u8s8 GEMM is the fast one
-  there; with s8s8 kernels MiniLM ran 3x slower than fp32 here (6x slower than u8s8). ARM keeps int8;
+- on x86 the activations become uint8 with zero point 128 (the same values: q + 128): ORT's x86
+  GEMMs take uint8 activations (its s8s8 GEMM has no AVX2 kernel: MiniLM ran 2.5-4x slower than
+  fp32 with it). ARM keeps int8;
+- on x86 the weights of those kernels become uint8 too (w + 128, zero point + 128: the same values),
+  so ORT runs its u8u8 GEMM. Its u8s8 GEMM, what ORT picks for int8 weights, multiplies with
+  ``vpmaddubsw`` on AVX2 and AVX-512 CPUs without VNNI, which adds two uint8 x int8 products in
+  int16 and saturates (255 * 127 * 2 > 32767): outputs go wrong wherever large activations meet
+  large weights (MiniLM's cosine to fp32 fell from 0.9969 to 0.9930 on an AVX2 EPYC). The u8u8
+  GEMM widens to int16 before multiplying and is exact on every x86-64 CPU, ~1.2x slower than
+  the saturating u8s8 one there (docs/quantization.md). ORT's own remedy is the same conversion
+  (its ``session.x64quantprecision`` option), or 7-bit weights, which would change the numbers;
 - the Q moves above Reshape/Transpose between it and the MatMul (exact for a per-tensor Q), so
   they move int8 data, as ORT's Q/DQ propagation arranges for graphs it fuses itself.
 
@@ -43,7 +51,8 @@ def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True
     A MatMul qualifies when its activation is dequantized per tensor, its weight is a 2-D
     integer initializer dequantized per tensor or per output column, and a bias (if any) is a
     1-D float initializer of the output width read by an Add that is the MatMul's only reader.
-    ``unsigned_activations``: write the activations feeding the new kernels as uint8 (x86).
+    ``unsigned_activations``: write the activations feeding the new kernels as uint8, and the
+    weights of kernels whose activations are uint8 as uint8 (x86).
     """
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -73,6 +82,8 @@ def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True
     _replace_nodes(graph, [replaced.get(id(n), n) for n in graph.node if id(n) not in drop or id(n) in replaced])
     _drop_dead_nodes(graph)
     _prepare_activations(model, unsigned_activations)
+    if unsigned_activations:
+        _unsigned_weights(model.graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replaced)
@@ -135,6 +146,32 @@ def _prepare_activations(model: onnx.ModelProto, unsigned: bool) -> None:
             for kernel in kernels:
                 kernel.input[4] = name
     _replace_nodes(graph, _topological(list(graph.node)))
+
+
+def _unsigned_weights(graph: onnx.GraphProto) -> None:
+    """Kernels with uint8 activations get their int8 weights and weight zero points as uint8
+    (+128, the same values), so ONNX Runtime runs its exact u8u8 GEMM, not the u8s8 one that
+    saturates on x86 without VNNI (module docstring)."""
+    inits = {i.name: i for i in graph.initializer}
+    converted: dict[str, str] = {}
+    for kernel in graph.node:
+        if kernel.op_type != "MatMulIntegerToFloat" or len(kernel.input) < 6 \
+                or not all(kernel.input[i] in inits for i in (1, 4, 5)) \
+                or inits[kernel.input[4]].data_type != TensorProto.UINT8:
+            continue
+        for slot in (1, 5):  # B, b_zero_point
+            name = kernel.input[slot]
+            if inits[name].data_type != TensorProto.INT8:
+                continue
+            if name not in converted:
+                converted[name] = name + "_uint8"
+                shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+                graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
+            kernel.input[slot] = converted[name]
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unread = [i for i in graph.initializer if i.name in converted and i.name not in read]
+    for init in unread:
+        graph.initializer.remove(init)
 
 
 def _kernels_reading(tensor: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> list[onnx.NodeProto]:
