@@ -51,8 +51,8 @@ def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True
     A MatMul qualifies when its activation is dequantized per tensor, its weight is a 2-D
     integer initializer dequantized per tensor or per output column, and a bias (if any) is a
     1-D float initializer of the output width read by an Add that is the MatMul's only reader.
-    ``unsigned_activations``: write the activations feeding the new kernels as uint8, and the
-    weights of kernels whose activations are uint8 as uint8 (x86).
+    ``unsigned_activations``: write the activations feeding the new kernels as uint8, and their
+    weights as uint8 too (x86, :func:`unsigned_weights`).
     """
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -83,7 +83,7 @@ def integer_matmuls(model: onnx.ModelProto, *, unsigned_activations: bool = True
     _drop_dead_nodes(graph)
     _prepare_activations(model, unsigned_activations)
     if unsigned_activations:
-        _unsigned_weights(model.graph)
+        unsigned_weights(model.graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replaced)
@@ -148,30 +148,38 @@ def _prepare_activations(model: onnx.ModelProto, unsigned: bool) -> None:
     _replace_nodes(graph, _topological(list(graph.node)))
 
 
-def _unsigned_weights(graph: onnx.GraphProto) -> None:
-    """Kernels with uint8 activations get their int8 weights and weight zero points as uint8
-    (+128, the same values), so ONNX Runtime runs its exact u8u8 GEMM, not the u8s8 one that
-    saturates on x86 without VNNI (module docstring)."""
+def unsigned_weights(graph: onnx.GraphProto) -> int:
+    """x86: int8 weights become uint8 (+128, zero point + 128: the same values); returns the count.
+
+    Covers the weights of ``MatMulIntegerToFloat`` kernels with uint8 activations and every int8
+    weight a DequantizeLinear reads (Conv, Gemm): ONNX Runtime turns int8 activations into uint8
+    when it fuses those, and its u8s8 kernels saturate on CPUs without VNNI (module docstring);
+    with uint8 weights it runs the exact u8u8 ones (QLinearConv, QGemm, MatMulIntegerToFloat).
+    """
     inits = {i.name: i for i in graph.initializer}
+    slots: list[tuple[onnx.NodeProto, int]] = []
+    for node in graph.node:
+        if node.op_type == "MatMulIntegerToFloat" and len(node.input) >= 6 \
+                and all(node.input[i] in inits for i in (1, 4, 5)) \
+                and inits[node.input[4]].data_type == TensorProto.UINT8:
+            slots += [(node, 1), (node, 5)]  # B, b_zero_point
+        elif node.op_type == "DequantizeLinear" and len(node.input) == 3 \
+                and all(n in inits for n in node.input) and len(inits[node.input[0]].dims) > 1:
+            slots += [(node, 0), (node, 2)]  # a weight and its zero point
     converted: dict[str, str] = {}
-    for kernel in graph.node:
-        if kernel.op_type != "MatMulIntegerToFloat" or len(kernel.input) < 6 \
-                or not all(kernel.input[i] in inits for i in (1, 4, 5)) \
-                or inits[kernel.input[4]].data_type != TensorProto.UINT8:
+    for node, slot in slots:
+        name = node.input[slot]
+        if inits[name].data_type != TensorProto.INT8:
             continue
-        for slot in (1, 5):  # B, b_zero_point
-            name = kernel.input[slot]
-            if inits[name].data_type != TensorProto.INT8:
-                continue
-            if name not in converted:
-                converted[name] = name + "_uint8"
-                shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
-                graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
-            kernel.input[slot] = converted[name]
+        if name not in converted:
+            converted[name] = name + "_uint8"
+            shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+            graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
+        node.input[slot] = converted[name]
     read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    unread = [i for i in graph.initializer if i.name in converted and i.name not in read]
-    for init in unread:
+    for init in [i for i in graph.initializer if i.name in converted and i.name not in read]:
         graph.initializer.remove(init)
+    return sum(1 for name in converted if len(inits[name].dims) > 1)
 
 
 def _kernels_reading(tensor: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> list[onnx.NodeProto]:
