@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from recipebench import table, write_section  # noqa: E402
+from recipebench import fidelity_cells, table, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "codebook.md"
 
@@ -74,7 +74,8 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
     from compressor.pipeline import build_task
     from compressor.recipe.loader import load_recipe
 
-    task = build_task(load_recipe(recipe), model)
+    original = build_model(zoo)
+    task = build_task(load_recipe(recipe), original)
     inputs = task.example_inputs(32)
     outs = {}
     for key in ("onnx", "onnx-codebook"):
@@ -91,6 +92,7 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
         "onnx_diff": float(np.abs(outs["onnx"] - outs["onnx-codebook"]).max()),
         "onnx_cos": compare(outs["onnx"], outs["onnx-codebook"]).cosine,
         "exact_reload": exact, "seconds": seconds,
+        "heldout": fidelity_cells(task, model) if task.metric == "fidelity" else {},
     }
 
 
@@ -106,6 +108,12 @@ def quality_table(rows: list[dict[str, Any]], metric: str) -> str:
         [[r["label"], fmt(r["fp32"]), fmt(r["kmeans"]), fmt(r["finetuned"]), drop(r), f"{r['bits']:.2f}",
           _kib(r["total"]), _kib(r["file"]), f"{r['dense'] / r['file']:.2f}x",
           "yes" if r["exact_reload"] else "NO"] for r in rows])
+
+
+def heldout_table(rows: list[dict[str, Any]]) -> str:
+    """Fidelity after fine-tuning on every held-out set (mean / 5th percentile)."""
+    columns = list(rows[0]["heldout"])
+    return table(["config", *columns], [[r["label"], *r["heldout"].values()] for r in rows])
 
 
 def size_table(rows: list[dict[str, Any]]) -> str:
@@ -134,7 +142,7 @@ def section(zoo: str, configs: list, finetune: dict[str, Any], metric: str, comm
         "the size of the packed safetensors file, bit-packed indices without entropy coding, "
         "header included; the second table shows what zlib/lzma make of the indices and their "
         "order-0 entropy).",
-        quality_table(rows, metric), size_table(rows)])
+        quality_table(rows, metric), *([heldout_table(rows)] if rows[0]["heldout"] else []), size_table(rows)])
 
 
 # ---------------------------------------------------------------------- k-means back-ends

@@ -12,9 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
 import yaml
 
 import compressor
+from compressor.pipeline import build_task
+from compressor.recipe.loader import load_recipe
+from compressor.sources import load_model
+from compressor.task import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +36,39 @@ def run(base: dict, stages: list[dict], out: Path) -> compressor.Report:
     return compressor.run({**copy.deepcopy(base), "stages": stages}, run_dir=out, overwrite=True)
 
 
-def last_checkpoint(report: compressor.Report) -> Path:
-    return sorted((Path(report.run_dir) / "checkpoints").glob("*.pt"))[-1]
+def last_checkpoint(report: compressor.Report, index: int = -1) -> Path:
+    """A run's last checkpoint, or its ``index``-th."""
+    return sorted((Path(report.run_dir) / "checkpoints").glob("*.pt"))[index]
+
+
+@torch.no_grad()
+def _scores(task: Task, model: torch.nn.Module, split: str) -> torch.Tensor:
+    model.eval()
+    return torch.cat([task.score(model(*inputs), target)
+                      for inputs, target in map(task.split, task.loader(split))])
+
+
+def fidelity_cells(task: Task, model: torch.nn.Module) -> dict[str, str]:
+    """Fidelity of ``model`` on the task's held-out split and on its further held-out sets, each as
+    "mean / 5th percentile", by column title."""
+    splits = {f"{task.name} held-out": "val", **{f"{name} held-out": name for name in task.heldout}}
+    cells = {}
+    for title, split in splits.items():
+        scores = _scores(task, model, split)
+        cells[title] = f"{scores.mean():.4f} / {scores.quantile(0.05):.4f}"
+    return cells
+
+
+def heldout_fidelity(base: dict, models: dict[str, Path | None]) -> tuple[list[str], dict[str, list[str]]]:
+    """:func:`fidelity_cells` of each checkpoint (``None``: the recipe's input model), with the
+    recipe's task built once: (column titles, cells by model label)."""
+    recipe_ = load_recipe(base)
+    original = load_model(recipe_.model)
+    task = build_task(recipe_, original)
+    cells = {label: fidelity_cells(task, original if checkpoint is None else compressor.load_model(checkpoint))
+             for label, checkpoint in models.items()}
+    columns = list(next(iter(cells.values())))
+    return columns, {label: list(row.values()) for label, row in cells.items()}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
