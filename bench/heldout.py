@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from recipebench import ROOT, heldout_fidelity, last_checkpoint, run, table, write_section  # noqa: E402
+from recipebench import ROOT, heldout_fidelity, last_checkpoint, prepare, run, table, write_section  # noqa: E402
 
 
 def main() -> None:
@@ -30,9 +30,10 @@ def main() -> None:
     base = yaml.safe_load(args.recipe.read_text())
     base["report"] = {**base.get("report", {}), "latency": "off"}
     name = base.get("name") or args.recipe.stem
+    prepared = prepare(base)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(base, base["stages"], Path(tmp) / name)
-        columns, cells = heldout_fidelity(base, {"fp32 (input)": None, name: last_checkpoint(report)})
+        report = run(base, base["stages"], Path(tmp) / name, prepared)
+        columns, cells = heldout_fidelity(prepared, {"fp32 (input)": None, name: last_checkpoint(report)})
     body = (f"`{args.recipe.as_posix()}` on the `{base['data']['dataset']}` task: fidelity (mean / 5th "
             "percentile of the cosine to the original model) on each held-out set.\n\n"
             + table(["model", *columns], [[label, *row] for label, row in cells.items()])

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import compressor
-from compressor.pipeline import build_task
+from compressor.pipeline import Pipeline, build_task
 from compressor.recipe.loader import load_recipe
 from compressor.sources import load_model
 from compressor.task import Task
@@ -31,9 +31,24 @@ def recipe(name: str) -> dict:
     return data
 
 
-def run(base: dict, stages: list[dict], out: Path) -> compressor.Report:
-    """Run ``base`` with its stages replaced by ``stages``."""
-    return compressor.run({**copy.deepcopy(base), "stages": stages}, run_dir=out, overwrite=True)
+#: A recipe's input model and its task, built once and shared by the runs of a section.
+Prepared = tuple[torch.nn.Module, Task]
+
+
+def prepare(base: dict) -> Prepared:
+    """The input model and task of recipe ``base`` (a text task embeds thousands of sentences:
+    build it once per section, not once per run)."""
+    recipe_ = load_recipe(base)
+    original = load_model(recipe_.model)
+    return original, build_task(recipe_, original)
+
+
+def run(base: dict, stages: list[dict], out: Path, prepared: Prepared | None = None) -> compressor.Report:
+    """Run ``base`` with its stages replaced by ``stages``, on ``prepared`` model and task if given."""
+    recipe_ = {**copy.deepcopy(base), "stages": stages}
+    if prepared is None:
+        return compressor.run(recipe_, run_dir=out, overwrite=True)
+    return Pipeline(load_recipe(recipe_), out, overwrite=True, base=prepared).run()
 
 
 def last_checkpoint(report: compressor.Report, index: int = -1) -> Path:
@@ -59,12 +74,10 @@ def fidelity_cells(task: Task, model: torch.nn.Module) -> dict[str, str]:
     return cells
 
 
-def heldout_fidelity(base: dict, models: dict[str, Path | None]) -> tuple[list[str], dict[str, list[str]]]:
-    """:func:`fidelity_cells` of each checkpoint (``None``: the recipe's input model), with the
-    recipe's task built once: (column titles, cells by model label)."""
-    recipe_ = load_recipe(base)
-    original = load_model(recipe_.model)
-    task = build_task(recipe_, original)
+def heldout_fidelity(prepared: Prepared, models: dict[str, Path | None]) -> tuple[list[str], dict[str, list[str]]]:
+    """:func:`fidelity_cells` of each checkpoint (``None``: the input model): (column titles, cells
+    by model label)."""
+    original, task = prepared
     cells = {label: fidelity_cells(task, original if checkpoint is None else compressor.load_model(checkpoint))
              for label, checkpoint in models.items()}
     columns = list(next(iter(cells.values())))

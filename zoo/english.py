@@ -138,7 +138,7 @@ def english_corpus() -> dict[str, tuple[str, ...]]:
     return corpus
 
 
-@register_dataset("english", description="~6k English sentences of several registers that ship with "
+@register_dataset("english", description="~4.6k English sentences of several registers that ship with "
                   "Python and the dependencies (language reference, READMEs, licenses, data set "
                   "descriptions, docstrings), 90/10 split per register; also reports the held-out "
                   "docstrings and everyday-English sets; targets: the original model's sentence "
