@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from recipebench import table, write_section  # noqa: E402
+from recipebench import Prepared, fidelity_cells, prepare, run, table, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "codebook.md"
 
@@ -47,10 +47,10 @@ MINILM = [
     ("all Linear + embeddings k=16 (4 bit)", {**_MINILM, "layers": ["type:Linear", "type:Embedding"]}),
 ]
 #: Dropout off: the target is the original model's own (dropout-free) embedding.
-MINILM_FINETUNE = {"epochs": 2, "lr": 1e-4, "dropout": False}
+MINILM_FINETUNE = {"epochs": 1, "lr": 1e-4, "dropout": False}
 
 
-def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str, Any],
+def run_config(prepared: Prepared, zoo: str, label: str, params: dict[str, Any], finetune: dict[str, Any],
                workdir: Path) -> dict[str, Any]:
     """One pipeline run (codebook + export of both ONNX forms) and every check on its output."""
     import compressor
@@ -59,22 +59,19 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
     from compressor.stages.codebook import load_packed, storage
     from compressor.zoo import build_model
 
-    recipe = {"name": label, "model": {"zoo": zoo}, "report": {"latency": "off"},
-              "stages": [{"codebook": {**params, "finetune": finetune}},
-                         {"export": {"formats": ["onnx", "onnx-codebook"], "simplify": False}}]}
+    recipe = {"name": label, "model": {"zoo": zoo}, "report": {"latency": "off"}}
+    stages = [{"codebook": {**params, "finetune": finetune}},
+              {"export": {"formats": ["onnx", "onnx-codebook"], "simplify": False}}]
     run_dir = workdir / f"{zoo}-{len(list(workdir.iterdir()))}"
     start = time.perf_counter()
-    report = compressor.run(recipe, run_dir=run_dir)
+    report = run(recipe, stages, run_dir, prepared)
     seconds = time.perf_counter() - start
     row, export = report.rows[1], report.rows[2]
     model = compressor.load_model(run_dir / "checkpoints" / "01-codebook.pt")
     packed = load_packed(report.artifacts["codebook"], build_model(zoo))
     exact = all(torch.equal(v, packed.state_dict()[k]) for k, v in model.state_dict().items())
 
-    from compressor.pipeline import build_task
-    from compressor.recipe.loader import load_recipe
-
-    task = build_task(load_recipe(recipe), model)
+    task = prepared[1]
     inputs = task.example_inputs(32)
     outs = {}
     for key in ("onnx", "onnx-codebook"):
@@ -91,6 +88,7 @@ def run_config(zoo: str, label: str, params: dict[str, Any], finetune: dict[str,
         "onnx_diff": float(np.abs(outs["onnx"] - outs["onnx-codebook"]).max()),
         "onnx_cos": compare(outs["onnx"], outs["onnx-codebook"]).cosine,
         "exact_reload": exact, "seconds": seconds,
+        "heldout": fidelity_cells(task, model) if task.metric == "fidelity" else {},
     }
 
 
@@ -106,6 +104,12 @@ def quality_table(rows: list[dict[str, Any]], metric: str) -> str:
         [[r["label"], fmt(r["fp32"]), fmt(r["kmeans"]), fmt(r["finetuned"]), drop(r), f"{r['bits']:.2f}",
           _kib(r["total"]), _kib(r["file"]), f"{r['dense'] / r['file']:.2f}x",
           "yes" if r["exact_reload"] else "NO"] for r in rows])
+
+
+def heldout_table(rows: list[dict[str, Any]]) -> str:
+    """Fidelity after fine-tuning on every held-out set (mean / 5th percentile)."""
+    columns = list(rows[0]["heldout"])
+    return table(["config", *columns], [[r["label"], *r["heldout"].values()] for r in rows])
 
 
 def size_table(rows: list[dict[str, Any]]) -> str:
@@ -124,8 +128,9 @@ def _kib(n: int | None) -> str:
 
 
 def section(zoo: str, configs: list, finetune: dict[str, Any], metric: str, command: str) -> str:
+    prepared = prepare({"model": {"zoo": zoo}})
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_config(zoo, label, params, finetune, Path(tmp)) for label, params in configs]
+        rows = [run_config(prepared, zoo, label, params, finetune, Path(tmp)) for label, params in configs]
     for r in rows:
         print(r, flush=True)
     return "\n\n".join([
@@ -134,7 +139,7 @@ def section(zoo: str, configs: list, finetune: dict[str, Any], metric: str, comm
         "the size of the packed safetensors file, bit-packed indices without entropy coding, "
         "header included; the second table shows what zlib/lzma make of the indices and their "
         "order-0 entropy).",
-        quality_table(rows, metric), size_table(rows)])
+        quality_table(rows, metric), *([heldout_table(rows)] if rows[0]["heldout"] else []), size_table(rows)])
 
 
 # ---------------------------------------------------------------------- k-means back-ends
@@ -194,6 +199,8 @@ def main() -> None:
     parser.add_argument("--digits", action="store_true")
     parser.add_argument("--minilm", action="store_true")
     parser.add_argument("--kmeans", action="store_true")
+    parser.add_argument("--minilm-rows", type=int, default=len(MINILM),
+                        help="measure only the first N MiniLM configurations (the first is the recipe's)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.kmeans:
@@ -202,8 +209,10 @@ def main() -> None:
         write_section(DOC, "codebook-digits", section(
             "digits_cnn", DIGITS, DIGITS_FINETUNE, "accuracy", ".venv/bin/python bench/codebook.py --digits"))
     if args.minilm:
+        rows = "" if args.minilm_rows == len(MINILM) else f" --minilm-rows {args.minilm_rows}"
         write_section(DOC, "codebook-minilm", section(
-            "minilm", MINILM, MINILM_FINETUNE, "fidelity", ".venv/bin/python bench/codebook.py --minilm"))
+            "minilm", MINILM[:args.minilm_rows], MINILM_FINETUNE, "fidelity",
+            f".venv/bin/python bench/codebook.py --minilm{rows}"))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from compressor.report import Report
 from compressor.rundir import RUN_STATE, default_run_dir, prepare_run_dir
 from compressor.sources import load_model
 from compressor.stages import STAGES
-from compressor.task import Task
+from compressor.task import BASELINE_MARGIN, Task, fidelity_baselines, near_baseline
 from compressor.zoo import DATASETS, MODELS
 
 #: Called after each stage with (stage index, spec, metrics row, context); may raise to stop the run.
@@ -120,6 +120,8 @@ class Pipeline:
         if state.get("baseline") is None:
             state["baseline"] = self._measure(ctx, "input", "input", 0.0,
                                               latency=recipe.report.latency != "off")
+            if not self.light:
+                state["baseline"]["fidelity_baselines"] = fidelity_baselines(task, original)
             self._save_state(state)
         baseline = state["baseline"]
 
@@ -204,6 +206,8 @@ class Pipeline:
             "size_bytes": storage_bytes(model),
             "seconds": seconds,
         }
+        if task.heldout and not self.light:
+            row["quality_heldout"] = {name: task.evaluate(model, split=name) for name in task.heldout}
         if latency and ctx.target.runtime == "onnxruntime":
             row.update(onnx_latency(model, task, batch=rep.latency_batch, threads=ctx.target.threads,
                                     warmup=rep.warmup, iterations=rep.iterations,
@@ -211,6 +215,8 @@ class Pipeline:
         max_drop = ctx.recipe.eval.max_drop
         if baseline and max_drop is not None and baseline["quality"] - quality > max_drop:
             row["over_budget"] = True
+        if baseline and near_baseline(quality, baseline.get("fidelity_baselines", {})):
+            row["near_baseline"] = True
         return row
 
     def _report(self, state: dict[str, Any], baseline: dict[str, Any], ctx: Context,
@@ -224,6 +230,16 @@ class Pipeline:
         if rows[-1].get("over_budget"):  # intermediate stages (e.g. prune before distill) may drop
             warnings.append(f"final quality drop {rows[-1]['quality_drop']:+.4f} exceeds eval.max_drop "
                             f"({ctx.recipe.eval.max_drop})")
+        floors = baseline.get("fidelity_baselines", {})
+        if floors:
+            notes.append("fidelity baselines on the held-out split: " + ", ".join(
+                f"{name} {value:.4f}" for name, value in floors.items()) + "; a score that closes less than "
+                f"{BASELINE_MARGIN:.0%} of the gap from the best of them to 1 is flagged")
+        flagged = [row["stage"] for row in rows if row.get("near_baseline")]
+        if flagged:
+            warnings.append(f"fidelity of {', '.join(flagged)} is near what a meaningless model scores "
+                            f"({', '.join(f'{n} {v:.4f}' for n, v in floors.items())}): the metric cannot "
+                            "tell this model from a broken one")
         return Report(run_dir=str(self.run_dir), metric=ctx.task.metric, rows=rows, status=status,
                       error=error, artifacts=dict(ctx.artifacts), warnings=warnings, notes=notes)
 

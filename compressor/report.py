@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from compressor.io import atomic_path, write_json, write_text
 
@@ -18,6 +18,14 @@ _COLUMNS = (
     ("latency_ms", "latency p50", lambda v: f"{v:.3f} ms"),
     ("seconds", "time", lambda v: f"{v:.1f}s"),
 )
+
+
+def _value(row: dict[str, Any], key: str) -> Any:
+    """``row[key]``; a dotted key reads a nested dict (``quality_heldout.everyday``)."""
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 @dataclass
@@ -37,8 +45,9 @@ class Report:
         return self.rows[-1]
 
     def table(self, markdown: bool = False) -> str:
-        header = [title for _, title, _ in _COLUMNS]
-        body = [[(fmt(row[key]) if row.get(key) is not None else "n/a") for key, _, fmt in _COLUMNS]
+        columns = self._columns()
+        header = [title for _, title, _ in columns]
+        body = [[(fmt(value) if (value := _value(row, key)) is not None else "n/a") for key, _, fmt in columns]
                 for row in self.rows]
         if markdown:
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -47,6 +56,12 @@ class Report:
         fmt_row = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
                                          for i, (c, w) in enumerate(zip(cells, widths)))
         return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in body])
+
+    def _columns(self) -> list[tuple[str, str, Callable[[Any], str]]]:
+        """The fixed columns, with the quality on each further held-out set after ``quality``."""
+        heldout = [name for name in self.rows[0].get("quality_heldout", {})] if self.rows else []
+        extra = [(f"quality_heldout.{name}", f"quality ({name})", _COLUMNS[1][2]) for name in heldout]
+        return [_COLUMNS[0], _COLUMNS[1], *extra, *_COLUMNS[2:]]
 
     def markdown(self) -> str:
         lines = [f"# compressor run report", "", f"- run directory: `{self.run_dir}`",

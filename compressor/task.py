@@ -8,6 +8,7 @@ labels, e.g. sentence embeddings or randomly initialised ImageNet shapes).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -19,6 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from compressor import distributed
 
 Metric = Literal["accuracy", "fidelity"]
+#: A fidelity score is flagged when it closes less than this part of the gap between the best
+#: meaningless baseline (constant output, random weights) and a perfect 1.
+BASELINE_MARGIN = 0.5
 
 
 @dataclass
@@ -41,23 +45,27 @@ class Task:
     calibration_samples: int = 256
     #: Optional DataLoader collate_fn (e.g. cut token batches to their longest sentence).
     collate: Callable[[list[Any]], Any] | None = None
+    #: Further held-out sets by name, of other kinds than the training data (never trained on):
+    #: every measured row reports the quality on each next to the quality on ``val``.
+    heldout: dict[str, TensorDataset] = field(default_factory=dict)
 
     @property
     def n_inputs(self) -> int:
         return len(self.input_names)
 
     # ------------------------------------------------------------------ data
-    def loader(self, split: Literal["train", "val"] = "train", *, batch_size: int | None = None,
+    def loader(self, split: str = "train", *, batch_size: int | None = None,
                shuffle: bool | None = None, seed: int = 0, limit: int | None = None,
                shard: bool = False) -> DataLoader:
-        """A deterministic loader: the same seed gives the same batches (resume relies on it).
+        """A deterministic loader over ``train``, ``val`` or a ``heldout`` set: the same seed gives
+        the same batches (resume relies on it).
 
         ``shard`` under torchrun: this rank's share. Shuffled (training): ``batch_size`` is the
         global batch, every rank takes its slice of the same permutation (DistributedSampler), so
         the global batches are the same for any number of ranks. In order (evaluation): every
         sample once, on one rank.
         """
-        data = self.train if split == "train" else self.val
+        data = self.train if split == "train" else self.val if split == "val" else self.heldout[split]
         if split == "val" and limit is None:
             limit = self.eval_samples
         if limit is not None and limit < len(data):
@@ -104,13 +112,13 @@ class Task:
         return F.cosine_similarity(outputs.flatten(1).float(), target.flatten(1).float(), dim=1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, limit: int | None = None) -> float:
-        """Mean quality over the held-out split (accuracy or fidelity, in [0, 1]); under torchrun
-        each rank scores its share and the sums are all-reduced."""
+    def evaluate(self, model: nn.Module, limit: int | None = None, split: str = "val") -> float:
+        """Mean quality over a held-out set (accuracy or fidelity, in [0, 1]): ``val`` or a
+        ``heldout`` name; under torchrun each rank scores its share and the sums are all-reduced."""
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
-        for batch in self.loader("val", limit=limit, shard=True):
+        for batch in self.loader(split, limit=limit, shard=True):
             inputs, target = self.split(batch)
             total += self.score(model(*inputs), target).sum().item()
             count += len(target)
@@ -126,3 +134,40 @@ def reference_outputs(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: 
     n = len(inputs[0])
     outs = [model(*(t[i:i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
     return torch.cat(outs).float()
+
+
+def constant_output_fidelity(train: TensorDataset, val: TensorDataset) -> float:
+    """The fidelity of a model that outputs the mean training target for every input."""
+    mean = train.tensors[-1].float().flatten(1).mean(0, keepdim=True)
+    return F.cosine_similarity(val.tensors[-1].float().flatten(1), mean, dim=1).mean().item()
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every module's parameters freshly initialised (``reset_parameters``)."""
+    model = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+    return model
+
+
+def fidelity_baselines(task: Task, original: nn.Module) -> dict[str, float]:
+    """What two meaningless models score on ``task``'s held-out split: a constant output (the mean
+    training target) and the original architecture with random weights. A compressed model that
+    scores near them is broken, whatever the number looks like (a random-weight BERT's sentence
+    embeddings are so alike that any near-constant output scores 0.97). Empty for accuracy tasks."""
+    if task.metric != "fidelity":
+        return {}
+    val = task.val if task.eval_samples is None else TensorDataset(*(t[:task.eval_samples] for t in task.val.tensors))
+    return {"constant output": constant_output_fidelity(task.train, val),
+            "random weights": task.evaluate(randomized(original))}
+
+
+def near_baseline(quality: float, baselines: dict[str, float], margin: float = BASELINE_MARGIN) -> bool:
+    """Whether ``quality`` closes less than ``margin`` of the gap between the best baseline and 1."""
+    if not baselines:
+        return False
+    best = max(baselines.values())
+    return quality <= best + margin * (1 - best)

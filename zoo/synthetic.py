@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from compressor.errors import CompressorError
-from compressor.task import Task, reference_outputs
+from compressor.task import Task, constant_output_fidelity, reference_outputs
 from compressor.zoo.registry import register_dataset
 
 #: Images are made in chunks of this many, which bounds the temporary memory at any ``samples``.
@@ -110,8 +110,7 @@ def imagenet_synthetic_task(model: nn.Module | None = None, *, resolution: int =
     for samples, split_seed in ((train_samples, seed), (val_samples, seed + 1)):
         images = synthetic_images(samples, resolution, split_seed)
         splits.append(TensorDataset(images, reference_outputs(model, (images,), batch_size)))
-    mean_logit = splits[0].tensors[1].mean(0, keepdim=True)
-    floor = F.cosine_similarity(splits[1].tensors[1], mean_logit, dim=1).mean().item()
+    floor = constant_output_fidelity(*splits)
     if floor > 0.5:
         warnings.warn(f"imagenet-synthetic: a constant output scores {floor:.2f} fidelity, so fidelity "
                       f"barely depends on the input (zoo models: build them with resolution={resolution})",
