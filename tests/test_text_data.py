@@ -67,7 +67,8 @@ def test_english_corpus_mixes_registers_and_never_holds_a_held_out_sentence() ->
     everything = [s for sentences in corpus.values() for s in sentences]
     assert len(everything) == len(set(everything)) > 3000
     assert not set(everything) & (set(docstring_split()[1]) | set(everyday_sentences()))
-    assert all(s == " ".join(s.split()) and 5 <= len(s.split()) <= 40 for s in everything)
+    extracted = [s for register, sentences in corpus.items() if register != "docstrings" for s in sentences]
+    assert all(s == " ".join(s.split()) and 5 <= len(s.split()) <= 40 for s in extracted)  # docstrings are whole
 
 
 @pytest.mark.slow
