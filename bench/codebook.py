@@ -47,7 +47,7 @@ MINILM = [
     ("all Linear + embeddings k=16 (4 bit)", {**_MINILM, "layers": ["type:Linear", "type:Embedding"]}),
 ]
 #: Dropout off: the target is the original model's own (dropout-free) embedding.
-MINILM_FINETUNE = {"epochs": 1, "lr": 1e-4, "dropout": False}
+MINILM_FINETUNE = {"epochs": 2, "lr": 1e-4, "dropout": False}
 
 
 def run_config(prepared: Prepared, zoo: str, label: str, params: dict[str, Any], finetune: dict[str, Any],

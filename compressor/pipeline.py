@@ -70,8 +70,9 @@ class Pipeline:
                  on_stage: StageHook | None = None, light: bool = False,
                  base: tuple[torch.nn.Module, Task] | None = None) -> None:
         """For callers that run many pipelines on one model, such as search trials: ``light``
-        skips what only a person reads (MACs, the plot); ``base`` is the input model (left
-        unchanged) and its task, already built from the same model and dataset."""
+        skips what only a person reads (MACs, the plot, further held-out sets, fidelity baselines);
+        ``base`` is the input model (left unchanged) and its task, already built from the same
+        model and dataset."""
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir(recipe)
         self.overwrite = overwrite
