@@ -24,8 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from compressor.errors import ExportError
-from compressor.export.onnx import Exporter, export_onnx
-from compressor.io import atomic_path
+from compressor.export.onnx import Exporter, export_onnx, save_onnx
 from compressor.layers import materialize
 
 
@@ -88,10 +87,7 @@ def export_codebook_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], p
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + rest)
-    path = Path(path)
-    with atomic_path(path) as tmp_path:
-        onnx.save(graph_model, str(tmp_path))
-        onnx.checker.check_model(str(tmp_path))
+    path = save_onnx(graph_model, path)
     return CompactOnnx(path, dense_bytes, path.stat().st_size, len(layers))
 
 

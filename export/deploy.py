@@ -27,7 +27,7 @@ from compressor.export.params import ExportParams, Tolerance
 from compressor.export.parity import Parity, engine_parity, onnx_parity, torch_outputs
 from compressor.export.qdq_rules import check_trt
 from compressor.export.roofline import efficiency, load_peaks
-from compressor.export.runtime import feeds, ort_session
+from compressor.export.runtime import ort_session, run_session
 from compressor.export.targets import TARGETS, Target
 from compressor.metrics import count_macs, count_params
 from compressor.recipe.schema import ReportSpec
@@ -238,7 +238,7 @@ def _ort_quality(path: Path, task: Task, threads: int | None) -> float:
     total, count = 0.0, 0
     for batch in task.loader("val"):
         inputs, target = task.split(batch)
-        out = session.run(None, feeds(session, inputs))[0]
+        out = run_session(session, inputs, path)[0]
         total += task.score(torch.from_numpy(np.asarray(out, dtype=np.float32)), target).sum().item()
         count += len(target)
     return total / max(count, 1)

@@ -45,6 +45,4 @@ def convert_file(src: str | Path, dst: str | Path, *, keep_float: Iterable[str] 
     precision = "int8+fp16" if has_qdq(source) else "fp16"
     proto = to_fp16(source, keep_float=keep_float)
     set_metadata(proto, {"precision": precision})
-    save_onnx(proto, dst, external_data_mb=external_data_mb)
-    onnx.checker.check_model(str(dst))
-    return Path(dst)
+    return save_onnx(proto, dst, external_data_mb=external_data_mb)

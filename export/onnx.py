@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from compressor.errors import ExportError
 from compressor.export.ort_kernels import host_cpu, integer_matmuls, unsigned_weights
 from compressor.export.qdq_graph import optimize_qdq
+from compressor.export.runtime import check_loads
 
 Exporter = Literal["torchscript", "dynamo"]
 
@@ -77,7 +78,6 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
                 unsigned_weights(proto.graph)
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
         save_onnx(proto, path, external_data_mb=external_data_mb)
-    onnx.checker.check_model(str(path))
     return path
 
 
@@ -114,7 +114,11 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def save_onnx(proto: onnx.ModelProto, path: str | Path, *,
               external_data_mb: float = EXTERNAL_DATA_MB) -> Path:
-    """Save ``proto`` atomically; weights go to ``<name>.data`` beside it above ``external_data_mb``."""
+    """Save ``proto`` atomically; weights go to ``<name>.data`` beside it above ``external_data_mb``.
+
+    The staged file must pass the ONNX checker and load in ONNX Runtime before it replaces
+    ``path``: an invalid model is never written (:class:`ExportError` says why).
+    """
     path = Path(path)
     side = path.with_name(path.name + ".data")
     external = initializer_bytes(proto) > external_data_mb * 2**20
@@ -123,6 +127,12 @@ def save_onnx(proto: onnx.ModelProto, path: str | Path, *,
         staged = Path(tmp) / path.name
         onnx.save_model(proto, str(staged), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=side.name, size_threshold=1024)
+        try:
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"{path}: the exported graph is not valid ONNX "
+                              f"({str(exc).strip().splitlines()[0]}); nothing was written") from None
+        check_loads(staged, shown_as=path)
         if external:
             os.replace(staged.with_name(side.name), side)
         elif side.exists():

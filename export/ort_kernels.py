@@ -145,6 +145,7 @@ def _prepare_activations(model: onnx.ModelProto, unsigned: bool) -> None:
             q.input[2] = name
             for kernel in kernels:
                 kernel.input[4] = name
+        _forget_types(graph, _quantized_path(q.output[0], _readers(graph)))
     _replace_nodes(graph, _topological(list(graph.node)))
 
 
@@ -180,6 +181,25 @@ def unsigned_weights(graph: onnx.GraphProto) -> int:
     for init in [i for i in graph.initializer if i.name in converted and i.name not in read]:
         graph.initializer.remove(init)
     return sum(1 for name in converted if len(inits[name].dims) > 1)
+
+
+def _quantized_path(tensor: str, readers: dict[str, list[onnx.NodeProto]]) -> set[str]:
+    """``tensor`` and the outputs of the data movement below it: what a moved Q now types."""
+    path = {tensor}
+    for reader in readers[tensor]:
+        if reader.op_type in DATA_MOVEMENT_OPS and reader.input[0] == tensor:
+            path |= _quantized_path(reader.output[0], readers)
+    return path
+
+
+def _forget_types(graph: onnx.GraphProto, tensors: set[str]) -> None:
+    """Drop the recorded types of ``tensors``: a simplified graph carries value_info from shape
+    inference, and one saying int8 where the Q now writes uint8 (or float above a moved Q) makes
+    ONNX Runtime refuse the file; it infers the types itself at load."""
+    kept = [v for v in graph.value_info if v.name not in tensors]
+    if len(kept) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
 
 
 def _kernels_reading(tensor: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> list[onnx.NodeProto]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compressor.export.runtime import feeds, ort_session
+from compressor.export.runtime import ort_session, run_session
 from compressor.export.tensorrt import run_engine
 
 
@@ -60,7 +60,7 @@ def torch_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> np.ndarray:
 def ort_outputs(onnx_path: str | Path, inputs: tuple[Tensor, ...] | tuple[np.ndarray, ...],
                 threads: int | None = None) -> np.ndarray:
     session = ort_session(onnx_path, threads)
-    return np.asarray(session.run(None, feeds(session, inputs))[0], dtype=np.float32)
+    return np.asarray(run_session(session, inputs, onnx_path)[0], dtype=np.float32)
 
 
 def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[Tensor, ...],

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import Tensor
+
+from compressor.errors import ExportError
+
+#: What ONNX Runtime raises for a graph it cannot load or run (plain Exception subclasses).
+ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
+              ort_state.NoSuchFile, ort_state.NoModel, ort_state.NotImplemented, ort_state.RuntimeException)
 
 
 def ort_session(path: str | Path, threads: int | None = None,
@@ -22,6 +29,36 @@ def ort_session(path: str | Path, threads: int | None = None,
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_loads(path: str | Path, *, shown_as: str | Path | None = None) -> None:
+    """Raise :class:`ExportError` unless ONNX Runtime loads ``path`` (named ``shown_as`` in the error).
+
+    The ONNX checker passes graphs that ONNX Runtime refuses (a stale value_info type, an op
+    variant it lacks), so every file the exporter writes is loaded once before it is kept.
+    """
+    try:
+        ort_session(path, threads=1)
+    except ORT_ERRORS as exc:
+        raise ExportError(f"{shown_as or path}: ONNX Runtime refuses the exported graph "
+                          f"({_first_line(exc)}); this is an exporter bug, please report it "
+                          "with the model") from None
+
+
+def run_session(session: ort.InferenceSession, inputs: tuple[Tensor, ...] | tuple[np.ndarray, ...],
+                path: str | Path) -> list[np.ndarray]:
+    """``session.run`` on ``inputs`` with ONNX Runtime's failures as :class:`ExportError`."""
+    try:
+        return session.run(None, feeds(session, inputs))
+    except ORT_ERRORS as exc:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise ExportError(f"{path}: ONNX Runtime fails to run the exported model on inputs of shape "
+                          f"{shapes} ({_first_line(exc)}); a size that tracing froze into a constant "
+                          "(e.g. len(x) in forward instead of x.shape[0]) fails like this") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def feeds(session: ort.InferenceSession, inputs: tuple[Tensor, ...] | tuple[np.ndarray, ...]
