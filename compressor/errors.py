@@ -45,6 +45,10 @@ class UntrustedCodeError(CompressorError):
     """A recipe or checkpoint would make compressor import or call code it may not (see README, Trust model)."""
 
 
+class DataError(CompressorError):
+    """A recipe's data is missing, empty, of the wrong shape or type, or cannot be tokenized."""
+
+
 class StageError(CompressorError):
     """A stage could not run with the given parameters on this model."""
 

@@ -1,72 +1,261 @@
-"""Where the attention and feed-forward blocks of a BERT-style Hugging Face encoder are.
+"""Hugging Face models by task: a local folder loads with the head its ``config.architectures`` names.
 
-Transformer pruning and MiniLM-style distillation both need these blocks; everything else in the
-pipeline stays model-agnostic. Blocks are found by structure, not by class: a layer with
-``attention.self.{query,key,value}``, ``attention.output.dense``, ``intermediate.dense`` and
-``output.dense`` (BERT, RoBERTa, ELECTRA, MiniLM all name them so).
+``model: {huggingface: DIR}`` reads ``DIR/config.json`` and picks the task from the architecture's
+name (``args: {task: ...}`` overrides it):
+
+| task | architectures | inputs | output |
+|---|---|---|---|
+| ``feature-extraction`` | ``*Model`` (no head), sentence-transformers folders | text or image | sentence embedding (mean-pooled, L2-normalised) or pooled image features |
+| ``sequence-classification`` | ``*ForSequenceClassification`` | text | logits (batch, labels) |
+| ``image-classification`` | ``*ForImageClassification`` | image | logits (batch, labels) |
+| ``causal-lm``, ``fill-mask``, ``token-classification`` | ``*ForCausalLM``, ``*LMHeadModel``, ``*ForMaskedLM``, ``*ForTokenClassification`` | text | logits (batch, tokens, vocabulary or labels) |
+
+Each model is wrapped as a plain module (tensors in, one tensor out) so that it traces, exports to
+ONNX and prunes like any other; the Hugging Face model stays reachable (``encoder`` or ``model``
+with its ``config``). Models load with eager attention (the only attention ONNX Runtime's
+transformer optimizer fuses) and ``local_files_only`` (nothing is downloaded), and GPT-2's
+``Conv1D`` projections become ``nn.Linear`` (the same arithmetic on transposed weights), which
+the quantize, prune and low-rank stages handle. transformers is imported lazily: importing
+compressor stays fast for models that never use it.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compressor.errors import DataError, ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Kind = Literal["feature-extraction", "sequence-classification", "image-classification", "causal-lm",
+               "fill-mask", "token-classification"]
+KINDS: tuple[str, ...] = get_args(Kind)
+#: Architecture name endings -> task (the head the architecture has).
+HEADS: dict[str, Kind] = {"ForSequenceClassification": "sequence-classification",
+                          "ForImageClassification": "image-classification",
+                          "ForImageClassificationWithTeacher": "image-classification",
+                          "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "fill-mask",
+                          "ForTokenClassification": "token-classification"}
+PER_TOKEN: tuple[Kind, ...] = ("causal-lm", "fill-mask", "token-classification")
 
 
 @dataclass(frozen=True)
-class EncoderLayer:
-    """One transformer layer's prunable parts (names are qualified from the model root)."""
+class InputSpec:
+    """What a wrapped model reads and writes: the task's data and the export's signature follow it."""
 
-    name: str
-    attention: nn.Module  # has query/key/value Linears and num_attention_heads, attention_head_size
-    attention_out: nn.Linear  # consumes the concatenated heads
-    ffn_up: nn.Linear  # hidden -> intermediate
-    ffn_down: nn.Linear  # intermediate -> hidden
-
-    @property
-    def attention_name(self) -> str:
-        return f"{self.name}.attention.self"
+    kind: Kind
+    modality: Literal["text", "image"]
+    #: (channels, height, width) of image inputs.
+    image_shape: tuple[int, int, int] | None = None
 
     @property
-    def ffn_name(self) -> str:
-        return f"{self.name}.intermediate.dense"
+    def per_token(self) -> bool:
+        """The output has one row per input token (language-model and token-classification logits)."""
+        return self.kind in PER_TOKEN
 
     @property
-    def num_heads(self) -> int:
-        return self.attention.query.out_features // self.attention.attention_head_size
+    def classifies(self) -> bool:
+        """The output is class (or token) logits whose arg-max is the prediction."""
+        return self.kind != "feature-extraction"
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask"] if self.modality == "text" else ["pixel_values"]
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.classifies else ("embedding" if self.modality == "text" else "features")
 
 
-def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
-    """The BERT-style layers of ``model`` in execution order (empty if it has none)."""
-    layers = []
-    for name, module in model.named_modules():
-        attention = getattr(getattr(module, "attention", None), "self", None)
-        attention_out = getattr(getattr(getattr(module, "attention", None), "output", None), "dense", None)
-        up = getattr(getattr(module, "intermediate", None), "dense", None)
-        down = getattr(getattr(module, "output", None), "dense", None)
-        if (attention is not None and all(isinstance(getattr(attention, k, None), nn.Linear)
-                                          for k in ("query", "key", "value"))
-                and hasattr(attention, "attention_head_size")
-                and all(isinstance(m, nn.Linear) for m in (attention_out, up, down))):
-            layers.append(EncoderLayer(name, attention, attention_out, up, down))
-    return layers
+class SentenceEmbedder(nn.Module):
+    """A text encoder followed by masked mean pooling and L2 normalisation.
 
-
-def sync_config(model: nn.Module) -> None:
-    """Make the attention modules' head counts and the config's FFN width match the weights.
-
-    Pruning whole heads keeps ``attention_head_size`` and shrinks ``query.out_features``; the
-    modules' ``num_attention_heads``/``all_head_size`` must follow or shape logic using them
-    breaks. ``config.intermediate_size`` is updated when every layer has the same FFN width, so
-    ``save_pretrained``/``from_pretrained`` round-trips an FFN-pruned model. Head counts cannot be
-    expressed in a BERT config (it derives the head size from ``hidden_size / num_attention_heads``);
-    such models are rebuilt from compressor checkpoints instead.
+    This is sentence-transformers' pipeline for all-MiniLM-L6-v2 (Transformer, Pooling(mean),
+    Normalize) as one plain module. The HF model stays reachable as ``encoder``.
     """
-    layers = encoder_layers(model)
-    for layer in layers:
-        attention = layer.attention
-        attention.all_head_size = attention.query.out_features
-        attention.num_attention_heads = attention.all_head_size // attention.attention_head_size
-    widths = {layer.ffn_up.out_features for layer in layers}
-    config = next((m.config for m in model.modules() if hasattr(m, "config")), None)
-    if config is not None and len(widths) == 1 and hasattr(config, "intermediate_size"):
-        config.intermediate_size = widths.pop()
+
+    def __init__(self, encoder: nn.Module, source: Path | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.source = source
+        self.spec = InputSpec("feature-extraction", "text")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+
+class TextModel(nn.Module):
+    """A text model with a head: token ids and attention mask in, logits out."""
+
+    def __init__(self, model: nn.Module, spec: InputSpec, source: Path | None = None) -> None:
+        super().__init__()
+        self.model, self.spec, self.source = model, spec, source
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        extra = {"use_cache": False} if self.spec.kind == "causal-lm" else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+class ImageModel(nn.Module):
+    """A vision model: pixel values in, logits (classifier) or pooled features (no head) out."""
+
+    def __init__(self, model: nn.Module, spec: InputSpec, source: Path | None = None) -> None:
+        super().__init__()
+        self.model, self.spec, self.source = model, spec, source
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        out = self.model(pixel_values=pixel_values)
+        if self.spec.classifies:
+            return out.logits
+        pooled = getattr(out, "pooler_output", None)
+        return (pooled if pooled is not None else out.last_hidden_state.mean(1)).flatten(1)
+
+
+def input_spec(model: nn.Module) -> InputSpec | None:
+    """The input spec of a model this module loaded (None for other models)."""
+    spec = getattr(model, "spec", None)
+    return spec if isinstance(spec, InputSpec) else None
+
+
+def offline() -> None:
+    """Keep huggingface_hub off the network; it reads this when first imported."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_hf_model(path: str | Path, pretrained: bool = True, task: Kind | None = None) -> nn.Module:
+    """The model in the Hugging Face folder ``path`` for its task (see the module docstring), in eval mode.
+
+    ``pretrained=False`` builds the architecture with random weights (for a checkpoint to fill).
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.huggingface: {path} is not a Hugging Face model folder (no config.json)")
+    offline()
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path / 'config.json'}: cannot read the config ({exc})") from None
+    architecture, kind = _architecture(path, config, task)
+    if kind == "feature-extraction" and hasattr(config, "vocab_size"):
+        return load_sentence_embedder(path, pretrained)
+    cls = transformers.AutoModel if kind == "feature-extraction" else getattr(transformers, architecture)
+    model = _build(cls, path, config, pretrained)
+    image = kind == "image-classification" or not hasattr(config, "vocab_size")
+    if image:
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else int(size[0])
+        spec = InputSpec(kind, "image", (int(getattr(config, "num_channels", 3)), size, size))
+        return ImageModel(model, spec, path).eval()
+    return TextModel(model, InputSpec(kind, "text"), path).eval()
+
+
+def load_sentence_embedder(path: str | Path, pretrained: bool = True) -> SentenceEmbedder:
+    """A text encoder folder as a :class:`SentenceEmbedder` (mean pooling, L2-normalised).
+
+    The pooler (a dense layer over [CLS]) is dropped: mean pooling never reads it, and pruning or
+    export should not see it. A sentence-transformers folder must use mean pooling.
+    """
+    path = Path(path)
+    pooling = path / "1_Pooling" / "config.json"
+    if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+        raise ModelLoadError(f"{pooling}: this sentence-transformers model does not use mean pooling, "
+                             "the only pooling SentenceEmbedder implements")
+    offline()
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    encoder = _build(transformers.AutoModel, path, config, pretrained)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # not add_pooling_layer=False: that reports the pooler's weights as unexpected
+    return SentenceEmbedder(encoder, path).eval()
+
+
+def hf_tokenizer(path: str | Path, what: str = "model.huggingface") -> PreTrainedTokenizerBase:
+    """The tokenizer saved in the Hugging Face folder ``path``; a pad token is set if it has none
+    (GPT-2 and Llama reuse their end-of-sequence token, as their own batching does)."""
+    offline()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{what}: no tokenizer in {path} ({str(exc).splitlines()[0]}); save one there "
+                        "with tokenizer.save_pretrained(DIR), or give data.args.tokenizer: DIR") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise DataError(f"{what}: the tokenizer in {path} has neither a pad nor an end-of-sequence token "
+                            "to pad batches with")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # batches are cut to their longest sentence from the right
+    return tokenizer
+
+
+def _architecture(path: Path, config: Any, task: Kind | None) -> tuple[str, Kind]:
+    """The architecture named by the config and the task its head does (``task`` overrides)."""
+    names = list(getattr(config, "architectures", None) or [])
+    architecture = names[0] if names else type(config).__name__.removesuffix("Config") + "Model"
+    if task is not None:
+        if task not in KINDS:
+            raise ModelLoadError(f"model.args.task: unknown task {task!r}; known: {', '.join(KINDS)}")
+        if task != "feature-extraction" and HEADS.get(_suffix(architecture)) != task:
+            raise ModelLoadError(f"model.args.task: {path} holds {architecture}, which has no {task} head "
+                                 f"(its task: {_kind(path, architecture)})")
+        return architecture, task
+    return architecture, _kind(path, architecture)
+
+
+def _suffix(architecture: str) -> str:
+    return next((s for s in HEADS if architecture.endswith(s)), "")
+
+
+def _kind(path: Path, architecture: str) -> Kind:
+    suffix = _suffix(architecture)
+    if suffix:
+        return HEADS[suffix]
+    if architecture.endswith("Model"):
+        return "feature-extraction"
+    raise ModelLoadError(f"{path / 'config.json'}: architectures names {architecture}, a head compressor does "
+                         f"not load (it loads *Model and {', '.join('*' + s for s in HEADS)}); set "
+                         "model.args.task: feature-extraction to compress its encoder as an embedder")
+
+
+def _build(cls: Any, path: Path, config: Any, pretrained: bool) -> PreTrainedModel:
+    """``cls`` from ``path`` (or from its config with random weights), eager attention where the
+    architecture has attention, GPT-2's Conv1D as Linear."""
+    try:
+        if pretrained:
+            model = cls.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+        else:  # the Auto classes build from a config with from_config, model classes with _from_config
+            build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+            model = build(config, attn_implementation="eager")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.huggingface: cannot load {path} ({str(exc).splitlines()[0]})") from None
+    linear_conv1d(model)
+    return model.eval()
+
+
+def linear_conv1d(model: nn.Module) -> int:
+    """Replace transformers' ``Conv1D`` (GPT-2's projections: ``x @ W + b`` with W stored (in, out))
+    by the equivalent ``nn.Linear``; returns how many were replaced."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name, conv in found:
+        linear = nn.Linear(conv.weight.shape[0], conv.weight.shape[1])
+        linear.weight.data = conv.weight.data.t().contiguous()
+        linear.bias.data = conv.bias.data
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, linear)
+    return len(found)

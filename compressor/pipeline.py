@@ -21,6 +21,7 @@ from compressor.context import Context, Restore, StageRecord
 from compressor.errors import CompressorError
 from compressor.export.bench import onnx_latency
 from compressor.export.targets import get_target
+from compressor.hf import input_spec
 from compressor.io import write_json, write_text
 from compressor.metrics import count_macs, count_nonzero, count_params, storage_bytes
 from compressor.recipe.loader import load_recipe
@@ -37,13 +38,23 @@ StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
 
 def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
-    name = recipe.data.dataset or (MODELS[recipe.model.zoo].dataset if recipe.model.zoo else None)
+    name = recipe.data.dataset or default_dataset(recipe, original)
     if name is None:
-        raise CompressorError("data.dataset is required when the model is not from the zoo; "
-                              f"known datasets: {', '.join(sorted(DATASETS))}")
+        raise CompressorError("data.dataset is required when the model is not from the zoo or a Hugging Face "
+                              f"folder; known datasets: {', '.join(sorted(DATASETS))}")
     if name not in DATASETS:
         raise CompressorError(f"data.dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return configure_task(DATASETS[name].build(model=original, **recipe.data.args), recipe)
+
+
+def default_dataset(recipe: Recipe, original: torch.nn.Module) -> str | None:
+    """The zoo model's own dataset; for a Hugging Face model, docstrings (text) or synthetic images."""
+    if recipe.model.zoo:
+        return MODELS[recipe.model.zoo].dataset
+    spec = input_spec(original)
+    if spec is None:
+        return None
+    return "docstrings" if spec.modality == "text" else "imagenet-synthetic"
 
 
 def configure_task(task: Task, recipe: Recipe) -> Task:

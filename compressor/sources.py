@@ -1,4 +1,5 @@
-"""Build the input model from a recipe's ``model:`` section (zoo, checkpoint, TorchScript, HF)."""
+"""Build the input model from a recipe's ``model:`` section (zoo, checkpoint, TorchScript, HF),
+and import the Python functions recipes name (``model.factory``, ``data.factory``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,11 @@ import torch
 from torch import nn
 
 from compressor.errors import ModelLoadError
+from compressor.hf import load_hf_model
 from compressor.recipe.schema import ModelSpec
 from compressor.torchfile import check_model_finite, load_torch_file
 from compressor.trust import check_arguments, import_factory, importable_from
 from compressor.zoo import MODELS
-from compressor.zoo.minilm import load_sentence_embedder
 
 
 def load_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
@@ -24,8 +25,7 @@ def load_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
     if spec.torchscript is not None:
         model = _load_torchscript(spec.torchscript)
     elif spec.huggingface is not None:
-        model = call_builder(load_sentence_embedder, spec.args, "model.args (huggingface)",
-                             spec.huggingface)
+        model = call_builder(load_hf_model, spec.args, "model.args (huggingface)", spec.huggingface)
     else:
         if spec.zoo is not None:
             if spec.zoo not in MODELS:

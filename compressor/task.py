@@ -2,9 +2,10 @@
 
 Every stage trains, calibrates and evaluates through the Task, so stages never need to know
 whether the model classifies digits or embeds sentences. Datasets are ``TensorDataset``s whose
-last tensor is the target: class labels (metric ``accuracy``) or the original model's outputs
-(metric ``fidelity``: mean cosine similarity to the uncompressed model, used when there are no
-labels, e.g. sentence embeddings or randomly initialised ImageNet shapes).
+last tensor is the target: class labels (metric ``accuracy``; per token for language models, with
+:data:`IGNORE` at padded positions) or the original model's outputs (metric ``fidelity``: mean
+cosine similarity to the uncompressed model, used when there are no labels, e.g. sentence
+embeddings or randomly initialised ImageNet shapes).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ Metric = Literal["accuracy", "fidelity"]
 #: A fidelity score is flagged when it closes less than this part of the gap between the best
 #: meaningless baseline (constant output, random weights) and a perfect 1.
 BASELINE_MARGIN = 0.5
+#: Per-token label of a position that counts nowhere (padding), as in ``F.cross_entropy``.
+IGNORE = -100
 
 
 @dataclass
@@ -102,13 +105,18 @@ class Task:
     # ------------------------------------------------------------------ loss and metric
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         if self.metric == "accuracy":
-            return F.cross_entropy(outputs, target)
+            return F.cross_entropy(outputs.flatten(0, -2), target.flatten(), ignore_index=IGNORE)
         return (1 - F.cosine_similarity(outputs.flatten(1), target.flatten(1), dim=1)).mean()
 
     def score(self, outputs: Tensor, target: Tensor) -> Tensor:
-        """Per-sample quality: 1/0 for a correct/incorrect class, else cosine to the reference."""
+        """Per-sample quality: 1/0 for a correct/incorrect class (the share of correct tokens for
+        per-token labels), else cosine to the reference."""
         if self.metric == "accuracy":
-            return (outputs.argmax(-1) == target).float()
+            hits = (outputs.argmax(-1) == target).float()
+            if hits.dim() == 1:
+                return hits
+            counted = (target != IGNORE).float()
+            return (hits * counted).sum(1) / counted.sum(1).clamp(min=1)
         return F.cosine_similarity(outputs.flatten(1).float(), target.flatten(1).float(), dim=1)
 
     @torch.no_grad()

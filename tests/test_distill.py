@@ -9,7 +9,7 @@ import torch
 
 import compressor
 from compressor.errors import StageError
-from compressor.hf import encoder_layers
+from compressor.transformer_layers import transformer_layers
 from compressor.stages.distill.losses import AttentionRelations, FeatureHints, output_loss
 from compressor.zoo.digits import DigitsCNN
 from tiny_bert import prune_all, tiny_embedder, token_inputs
@@ -60,22 +60,22 @@ def test_feature_hints_project_narrow_student_features_and_train_the_projection(
 def test_minilm_relations_vanish_for_the_teacher_and_teach_a_head_pruned_student() -> None:
     teacher = tiny_embedder()
     ids, mask = token_inputs()
-    same = AttentionRelations(encoder_layers(teacher), encoder_layers(teacher), {0: 0, 1: 1}, ["qk", "vv"], 4)
+    same = AttentionRelations(transformer_layers(teacher), transformer_layers(teacher), {0: 0, 1: 1}, ["qk", "vv"], 4)
     teacher(ids, mask)
     assert same.loss(mask) < 1e-6
     same.remove()
     student = copy.deepcopy(teacher)
     prune_all(student, "heads", 0.5)  # 2 heads of 8 dims left; relations use 4 heads of the 16 dims
-    relations = AttentionRelations(encoder_layers(student), encoder_layers(teacher), {1: 1}, ["qk", "vv"], 4)
+    relations = AttentionRelations(transformer_layers(student), transformer_layers(teacher), {1: 1}, ["qk", "vv"], 4)
     with torch.no_grad():
         teacher(ids, mask)
     student(ids, mask)
     loss = relations.loss(mask)
     assert loss > 1e-5
     loss.backward()
-    assert encoder_layers(student)[1].attention.query.weight.grad.abs().sum() > 0
+    assert transformer_layers(student)[1].qkv[0].weight.grad.abs().sum() > 0
     with pytest.raises(StageError, match="does not divide"):
-        AttentionRelations(encoder_layers(student), encoder_layers(teacher), {1: 1}, ["qk"], 3)
+        AttentionRelations(transformer_layers(student), transformer_layers(teacher), {1: 1}, ["qk"], 3)
 
 
 def test_teacher_from_a_checkpoint_and_bad_teachers(tmp_path: Path) -> None:

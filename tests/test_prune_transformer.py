@@ -10,19 +10,17 @@ from transformers import BertModel
 from compressor.errors import StageError
 from compressor.export.onnx import export_onnx
 from compressor.export.parity import onnx_parity
-from compressor.hf import encoder_layers
+from compressor.transformer_layers import transformer_layers
 from compressor.stages.prune import Prune
-from compressor.stages.prune.importance import build_importance
-from compressor.stages.prune.structured import input_spec
 from compressor.stages.prune.transformer import prune_transformer
-from compressor.zoo.minilm import SentenceEmbedder
+from compressor.hf import SentenceEmbedder
 from tiny_bert import prune_all, tiny_embedder, token_inputs
 
 
 def test_ffn_pruning_keeps_config_consistent_and_round_trips_save_pretrained(tmp_path: Path) -> None:
     model = tiny_embedder()
     prune_all(model, "ffn", 0.6, round_to=8)
-    assert [l.ffn_up.out_features for l in encoder_layers(model)] == [24, 24]  # 64 * 0.4 -> 24
+    assert [l.ffn_width for l in transformer_layers(model)] == [24, 24]  # 64 * 0.4 -> 24
     assert model.encoder.config.intermediate_size == 24
     x = token_inputs()
     model.encoder.save_pretrained(tmp_path / "hf")
@@ -32,8 +30,8 @@ def test_ffn_pruning_keeps_config_consistent_and_round_trips_save_pretrained(tmp
 
 def test_head_pruning_updates_attention_modules_exports_and_replays(tmp_path: Path) -> None:
     model, x = tiny_embedder(), token_inputs()
-    history = prune_all(model, "heads", 0.5)
-    for layer in encoder_layers(model):
+    cuts = prune_all(model, "heads", 0.5)
+    for layer in transformer_layers(model):
         attention = layer.attention
         assert (attention.num_attention_heads, attention.attention_head_size, attention.all_head_size) == (2, 8, 16)
         assert attention.key.out_features == attention.value.out_features == 16
@@ -44,8 +42,7 @@ def test_head_pruning_updates_attention_modules_exports_and_replays(tmp_path: Pa
                        output_names=["embedding"],
                        dynamic_axes={"input_ids": {0: "b"}, "attention_mask": {0: "b"}})
     assert onnx_parity(model, path, x).cosine > 0.9999
-    rebuilt = Prune.restore(tiny_embedder(), {"method": "heads", "history": history,
-                                              "inputs": input_spec(token_inputs(1))})
+    rebuilt = Prune.restore(tiny_embedder(), {"method": "heads", "cuts": cuts})
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.eval()(*x), out)
     assert rebuilt.encoder.encoder.layer[0].attention.self.num_attention_heads == 2
@@ -53,7 +50,7 @@ def test_head_pruning_updates_attention_modules_exports_and_replays(tmp_path: Pa
 
 def test_removed_heads_are_the_least_important() -> None:
     model = tiny_embedder()
-    attention = encoder_layers(model)[0].attention
+    attention = transformer_layers(model)[0].attention
     with torch.no_grad():  # heads 1 and 3 of layer 0 get tiny weights
         for linear in (attention.query, attention.key, attention.value):
             linear.weight[8:16] *= 1e-3
@@ -65,8 +62,8 @@ def test_removed_heads_are_the_least_important() -> None:
 
 def test_bn_scale_has_nothing_to_score_in_a_transformer() -> None:
     model = tiny_embedder()
-    layers = {l.ffn_name: l for l in encoder_layers(model)}
+    layers = {l.ffn_name: l for l in transformer_layers(model)}
     with pytest.raises(StageError, match="no score"):
-        prune_transformer(model, token_inputs(1), unit="ffn", layers=layers, ratios={n: 0.5 for n in layers},
-                          importance=build_importance("bn_scale"), round_to=None, steps=1,
+        prune_transformer(model, unit="ffn", layers=layers, ratios={n: 0.5 for n in layers},
+                          criterion="bn_scale", round_to=None, steps=1,
                           before_step=lambda: None, after_step=lambda step: None)

@@ -125,7 +125,7 @@ def test_a_run_reports_held_out_columns_and_baselines_without_flagging_a_good_mo
 
 def test_a_run_flags_a_model_whose_output_ignores_its_input(minilm: SentenceEmbedder, tmp_path: Path) -> None:
     constant = ConstantEmbedder(docstrings_task(minilm, samples=8).train.tensors[-1].mean(0, keepdim=True))
-    report = _run(GUARD_RECIPE, tmp_path / "run", base=(constant, docstrings_task(constant, samples=24)))
+    report = _run(GUARD_RECIPE, tmp_path / "run", base=(constant, docstrings_task(constant, samples=24, tokenizer=minilm.source)))
     base, final = report.rows
     assert base["fidelity_baselines"]["constant output"] == pytest.approx(1.0)
     assert final["quality"] == pytest.approx(1.0) and final["near_baseline"]

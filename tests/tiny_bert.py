@@ -5,10 +5,9 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from compressor.hf import encoder_layers
-from compressor.stages.prune.importance import build_importance
+from compressor.transformer_layers import transformer_layers
 from compressor.stages.prune.transformer import prune_transformer
-from compressor.zoo.minilm import SentenceEmbedder
+from compressor.hf import SentenceEmbedder
 
 
 def tiny_embedder() -> SentenceEmbedder:
@@ -29,9 +28,8 @@ def token_inputs(batch: int = 3, length: int = 12) -> tuple[torch.Tensor, torch.
 
 
 def prune_all(model: nn.Module, unit: str, ratio: float = 0.5, round_to: int | None = None) -> list:
-    """Prune FFN neurons or heads of every layer by l2 importance; returns the pruning history."""
-    layers = {(l.ffn_name if unit == "ffn" else l.attention_name): l for l in encoder_layers(model)}
-    return prune_transformer(model, token_inputs(1), unit=unit, layers=layers,
-                             ratios={n: ratio for n in layers}, importance=build_importance("l2"),
+    """Prune FFN neurons or heads of every layer by l2 importance; returns the cuts."""
+    layers = {(l.ffn_name if unit == "ffn" else l.attention_name): l for l in transformer_layers(model)}
+    return prune_transformer(model, unit=unit, layers=layers, ratios={n: ratio for n in layers}, criterion="l2",
                              round_to=round_to, steps=1, before_step=lambda: None,
                              after_step=lambda step: None)

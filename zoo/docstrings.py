@@ -2,8 +2,8 @@
 
 Sentences come from the docstrings of public modules and of their top-level classes and functions,
 read with ``ast`` from the interpreter's own stdlib sources (never imported, so no side effects).
-There are no labels, so the task measures fidelity: cosine between a compressed model's sentence
-embeddings and the uncompressed model's. The corpus is fixed for a given Python version; another
+There are no labels, so quality is measured against the uncompressed model (for an embedder: the
+cosine between its sentence embeddings and the compressed model's; see :mod:`compressor.zoo.text`). The corpus is fixed for a given Python version; another
 version's stdlib gives a slightly different, equally deterministic corpus.
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from compressor.errors import CompressorError
 from compressor.task import Task
 from compressor.zoo.registry import register_dataset
-from compressor.zoo.sentences import everyday_sentences, sentence_task
+from compressor.zoo.sentences import everyday_sentences
+from compressor.zoo.text import TRAIN_FRACTION, split_text_task
 
-_TRAIN_FRACTION = 0.8
 _DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 #: Periods that may end a sentence: after a word or a closing bracket or quote, before whitespace.
 _PERIOD = re.compile(r"(?<=[\w)\]'\"`])\.(?=\s|$)")
@@ -78,23 +79,25 @@ def docstring_split(seed: int = 0, samples: int | None = None) -> tuple[list[str
     """(training, held-out) sentences: 80/20 of a seeded shuffle, cut to its first ``samples``."""
     sentences = docstring_sentences()
     order = np.random.default_rng(seed).permutation(len(sentences))[:samples]
-    cut = int(len(order) * _TRAIN_FRACTION)
+    cut = int(len(order) * TRAIN_FRACTION)
     return [sentences[i] for i in order[:cut]], [sentences[i] for i in order[cut:]]
 
 
 @register_dataset("docstrings", description="~2k first sentences of Python stdlib docstrings "
-                  "(80/20 split), targets: the original model's sentence embeddings (fidelity); "
-                  "also reports the everyday-English held-out set")
+                  "(80/20 split), tokenized with the model's tokenizer; targets: the original model's "
+                  "outputs; also reports the everyday-English held-out set")
 def docstrings_task(model: nn.Module | None = None, *, max_length: int = 64, samples: int | None = None,
-                    seed: int = 0, batch_size: int = 64) -> Task:
-    """Token ids padded to ``max_length`` with the original model's embeddings as targets.
+                    seed: int = 0, batch_size: int = 64, tokenizer: str | None = None) -> Task:
+    """The docstring sentences as a :func:`compressor.zoo.text.text_task` for ``model``.
 
-    64 tokens hold all but one sentence (99% have at most 43; the longer one is truncated identically
-    for the reference and the compressed model) at half the cost of 128. Fixed-length padding lets
-    batches stack into a ``TensorDataset``; the export keeps the sequence axis dynamic. ``samples``
-    keeps only the first sentences of the seeded shuffle (and of the held-out everyday set), for
-    quick runs and tests.
+    64 tokens hold all but one sentence (99% have at most 43 MiniLM tokens; the longer one is
+    truncated identically for the reference and the compressed model) at half the cost of 128.
+    ``samples`` keeps only the first sentences of the seeded shuffle (and of the held-out everyday
+    set), for quick runs and tests.
     """
+    if model is None:
+        raise CompressorError("dataset 'docstrings' measures fidelity: it needs the uncompressed model")
     train, val = docstring_split(seed, samples)
-    return sentence_task("docstrings", model, train, val, max_length=max_length, batch_size=batch_size,
-                         heldout={"everyday": everyday_sentences()[:samples]})
+    return split_text_task(model, train, val, name="docstrings", max_length=max_length, batch_size=batch_size,
+                           tokenizer=tokenizer, source="dataset 'docstrings'",
+                           heldout={"everyday": everyday_sentences()[:samples]})

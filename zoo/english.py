@@ -25,7 +25,8 @@ from compressor.errors import CompressorError
 from compressor.task import Task
 from compressor.zoo.docstrings import docstring_split
 from compressor.zoo.registry import register_dataset
-from compressor.zoo.sentences import everyday_sentences, sentence_task
+from compressor.zoo.sentences import everyday_sentences
+from compressor.zoo.text import split_text_task
 
 _VAL_FRACTION = 0.1
 #: Sentence ends: . ! or ? after a lowercase letter, digit, bracket or quote, before a capital.
@@ -144,7 +145,7 @@ def english_corpus() -> dict[str, tuple[str, ...]]:
                   "docstrings and everyday-English sets; targets: the original model's sentence "
                   "embeddings (fidelity)")
 def english_task(model: nn.Module | None = None, *, max_length: int = 128, samples: int | None = None,
-                 seed: int = 0, batch_size: int = 64) -> Task:
+                 seed: int = 0, batch_size: int = 64, tokenizer: str | None = None) -> Task:
     """Sentences of every register, 10% of each held out, with the original model's embeddings as
     targets. ``samples`` keeps the first sentences of a seeded shuffle of the corpus (and of each
     held-out set), for quick runs and tests."""
@@ -162,5 +163,7 @@ def english_task(model: nn.Module | None = None, *, max_length: int = 128, sampl
         cut = int(samples * (1 - _VAL_FRACTION))
         train, val = train[:cut], val[:samples - cut]
     heldout = {"docstrings": docstring_split()[1][:samples], "everyday": everyday_sentences()[:samples]}
-    return sentence_task("english", model, train, val, max_length=max_length, batch_size=batch_size,
-                         heldout=heldout)
+    if model is None:
+        raise CompressorError("dataset 'english' measures fidelity: it needs the uncompressed model")
+    return split_text_task(model, train, val, name="english", max_length=max_length, batch_size=batch_size,
+                           tokenizer=tokenizer, source="dataset 'english'", heldout=heldout)

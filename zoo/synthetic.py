@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, DataError
+from compressor.hf import input_spec
 from compressor.task import Task, constant_output_fidelity, reference_outputs
 from compressor.zoo.registry import register_dataset
 
@@ -93,19 +94,26 @@ def data_dependent_init(model: nn.Module, head: nn.Linear, residual_norms: list[
     return model
 
 
-@register_dataset("imagenet-synthetic", description="synthetic 3x224x224 images (256 train / 64 held-out), "
-                  "targets: the original model's logits (fidelity)")
-def imagenet_synthetic_task(model: nn.Module | None = None, *, resolution: int = 224, train_samples: int = 256,
+@register_dataset("imagenet-synthetic", description="synthetic 3xRxR images (256 train / 64 held-out; R: the "
+                  "model's image size or 224), targets: the original model's outputs (fidelity)")
+def imagenet_synthetic_task(model: nn.Module | None = None, *, resolution: int | None = None, train_samples: int = 256,
                             val_samples: int = 64, seed: int = 0, batch_size: int = 32) -> Task:
-    """Seeded synthetic images with the uncompressed model's logits as targets.
+    """Seeded synthetic images with the uncompressed model's outputs as targets.
 
     256 + 64 images at 224 px take 190 MB as float32, enough for int8 calibration (256 samples)
-    while a fine-tune epoch stays short on a CPU. Warns when a constant output (the mean training
-    logit) would score over 0.5 fidelity: the metric could not tell a broken model from a good one,
+    while a fine-tune epoch stays short on a CPU. ``resolution`` defaults to a Hugging Face
+    model's ``image_size``, else 224. Warns when a constant output (the mean training output)
+    would score over 0.5 fidelity: the metric could not tell a broken model from a good one,
     typically because the model was built for another ``resolution``.
     """
     if model is None:
         raise CompressorError("dataset 'imagenet-synthetic' measures fidelity: it needs the uncompressed model")
+    spec = input_spec(model)
+    if spec is not None and spec.image_shape is None:
+        raise DataError(f"dataset 'imagenet-synthetic': images, but the model reads {spec.modality} ({spec.kind})")
+    if spec is not None and spec.image_shape[0] != 3:
+        raise DataError(f"dataset 'imagenet-synthetic' makes RGB images; the model reads {spec.image_shape[0]} channels")
+    resolution = resolution or (spec.image_shape[1] if spec is not None else 224)
     splits = []
     for samples, split_seed in ((train_samples, seed), (val_samples, seed + 1)):
         images = synthetic_images(samples, resolution, split_seed)
@@ -115,10 +123,11 @@ def imagenet_synthetic_task(model: nn.Module | None = None, *, resolution: int =
         warnings.warn(f"imagenet-synthetic: a constant output scores {floor:.2f} fidelity, so fidelity "
                       f"barely depends on the input (zoo models: build them with resolution={resolution})",
                       stacklevel=2)
+    image, out = (spec.input_names[0], spec.output_name) if spec is not None else ("image", "logits")
     return Task(name="imagenet-synthetic", metric="fidelity", train=splits[0], val=splits[1],
-                input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                preprocessing={"image": f"RGB, NCHW (N, 3, {resolution}, {resolution}), float32, normalised "
-                                        "like ImageNet (per-channel mean 0, std 1)",
-                               "logits": "1000 ImageNet classes: argmax is the prediction"},
+                input_names=[image], output_names=[out],
+                dynamic_axes={image: {0: "batch"}, out: {0: "batch"}},
+                preprocessing={image: f"RGB, NCHW (N, 3, {resolution}, {resolution}), float32, normalised "
+                                      "like ImageNet (per-channel mean 0, std 1)",
+                               out: "class logits: argmax is the prediction" if out == "logits" else "pooled features"},
                 synthetic=True, note=NOTE.format(floor=floor), batch_size=batch_size)

@@ -4,7 +4,7 @@ The teacher is the original model, the model as it was before a named stage (``b
 a compressor checkpoint, or any model a ``model:`` section can describe. Losses, mixed by weight:
 the task loss, output KD (logit KD with temperature for classifiers; cosine or MSE for
 embeddings), feature hints with learned projections where widths differ, and MiniLM-style
-self-attention relations for BERT-style encoders.
+self-attention relations for transformers of the layouts in :mod:`compressor.transformer_layers`.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.hf import encoder_layers
 from compressor.recipe.schema import ModelSpec
 from compressor.sources import load_model
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.distill.losses import (AttentionRelations, FeatureHints, OutputLoss, Relation,
                                               output_loss)
 from compressor.train import TrainParams, train
+from compressor.transformer_layers import transformer_layers
 
 
 class _Section(BaseModel):
@@ -138,10 +138,13 @@ class Distill(Stage):
     # ------------------------------------------------------------------ MiniLM relations
     def _relations(self, student: nn.Module, teacher: nn.Module) -> AttentionRelations:
         a = self.params.attention
-        s_layers, t_layers = encoder_layers(student), encoder_layers(teacher)
+        s_layers, t_layers = transformer_layers(student), transformer_layers(teacher)
         if not s_layers or not t_layers:
-            raise StageError("attention.weight > 0 needs BERT-style encoders (attention.self.query/"
-                             "key/value) in both student and teacher")
+            side = "student" if not s_layers else "teacher"
+            raise StageError(f"attention.weight > 0 needs transformer layers of a known layout (BERT, RoBERTa, "
+                             f"DistilBERT, ViT/DeiT, GPT-2, Llama-style; compressor/transformer_layers.py) in "
+                             f"student and teacher; the {side} ({type(student if side == 'student' else teacher).__name__}) "
+                             "has none: set attention.weight: 0")
         if a.layers == "last" or (a.layers == "all" and len(s_layers) != len(t_layers)):
             layer_map = {len(s_layers) - 1: len(t_layers) - 1}
         elif a.layers == "all":

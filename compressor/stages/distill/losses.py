@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compressor.errors import StageError
-from compressor.hf import EncoderLayer
+from compressor.transformer_layers import TransformerLayer
 
 OutputLoss = Literal["kl", "cosine", "mse"]
 Relation = Literal["qk", "vv", "qq", "kk"]
@@ -118,7 +118,7 @@ def _key(name: str) -> str:
 
 
 class AttentionRelations:
-    """MiniLM self-attention distillation (Wang et al. 2020, 2021) on BERT-style encoders.
+    """MiniLM self-attention distillation (Wang et al. 2020, 2021) on transformer layers.
 
     For each mapped layer pair and relation (``qk``: the attention distribution; ``vv``, ``qq``,
     ``kk``: scaled dot-product self-relations of values, queries, keys), the concatenated head
@@ -126,40 +126,53 @@ class AttentionRelations:
     unpadded keys, and the student's rows are pulled onto the teacher's with KL divergence. Using
     relation heads of the concatenated vectors (MiniLMv2) makes the loss independent of how many
     attention heads each model has, so a head-pruned student learns from its unpruned teacher.
+    Fused q/k/v projections (GPT-2) are split into their three parts.
     """
 
-    def __init__(self, student: list[EncoderLayer], teacher: list[EncoderLayer],
+    def __init__(self, student: list[TransformerLayer], teacher: list[TransformerLayer],
                  layer_map: dict[int, int], relations: list[Relation], heads: int) -> None:
         self.layer_map, self.relations, self.heads = layer_map, relations, heads
+        self.layers = {"student": student, "teacher": teacher}
         for i, j in layer_map.items():
             for side, layers, k in (("student", student, i), ("teacher", teacher, j)):
                 if not 0 <= k < len(layers):
                     raise StageError(f"attention.layers: {side} has {len(layers)} layers, no layer {k}")
-                if layers[k].attention.query.out_features % heads:
-                    raise StageError(f"attention.relation_heads={heads} does not divide the {side}'s "
-                                     f"{layers[k].attention.query.out_features} attention dims of layer {k}")
-        self.student = Recorder(_qkv(student, layer_map.keys()))
-        self.teacher = Recorder(_qkv(teacher, layer_map.values()))
+                layer = layers[k]
+                for width in {layer.query_width, layer.kv_width}:
+                    if width % heads:
+                        raise StageError(f"attention.relation_heads={heads} does not divide the {side}'s "
+                                         f"{width} attention dims of layer {k} ({layer.attention_name})")
+                if "qk" in relations and layer.query_width != layer.kv_width:
+                    raise StageError(f"attention.relations: 'qk' compares queries with keys, but the {side}'s "
+                                     f"{layer.attention_name} has grouped-query attention ({layer.query_width} "
+                                     f"query and {layer.kv_width} key dims); use relations [vv, qq, kk]")
+        self.student = Recorder(_projections(student, layer_map.keys()))
+        self.teacher = Recorder(_projections(teacher, layer_map.values()))
 
     def loss(self, mask: Tensor | None) -> Tensor:
         losses = []
         for i, j in self.layer_map.items():
+            s_qkv = self._qkv("student", self.student, i)
+            t_qkv = {k: v.detach() for k, v in self._qkv("teacher", self.teacher, j).items()}
             for rel in self.relations:
                 x, y = rel[0], rel[1]
-                s = _relation(self.student.outputs[f"{i}.{x}"], self.student.outputs[f"{i}.{y}"], self.heads, mask)
-                t = _relation(self.teacher.outputs[f"{j}.{x}"].detach(), self.teacher.outputs[f"{j}.{y}"].detach(),
-                              self.heads, mask)
+                s = _relation(s_qkv[x], s_qkv[y], self.heads, mask)
+                t = _relation(t_qkv[x], t_qkv[y], self.heads, mask)
                 losses.append(_row_kl(s, t, mask))
         return torch.stack(losses).mean()
+
+    def _qkv(self, side: str, recorder: Recorder, index: int) -> dict[str, Tensor]:
+        layer = self.layers[side][index]
+        q, k, v = layer.split_qkv(tuple(recorder.outputs[f"{index}.{n}"] for n in range(len(layer.qkv))))
+        return {"q": q, "k": k, "v": v}
 
     def remove(self) -> None:
         self.student.remove()
         self.teacher.remove()
 
 
-def _qkv(layers: list[EncoderLayer], indices: object) -> dict[str, nn.Module]:
-    names = {"q": "query", "k": "key", "v": "value"}
-    return {f"{i}.{short}": getattr(layers[i].attention, attr) for i in indices for short, attr in names.items()}
+def _projections(layers: list[TransformerLayer], indices: object) -> dict[str, nn.Module]:
+    return {f"{i}.{n}": module for i in indices for n, module in enumerate(layers[i].qkv)}
 
 
 def _relation(x: Tensor, y: Tensor, heads: int, mask: Tensor | None) -> Tensor:

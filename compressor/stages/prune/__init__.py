@@ -4,7 +4,8 @@ One stage kind, five methods:
 
 - ``channel``: remove conv/linear output channels on torch-pruning's dependency graph; the model
   really shrinks (params, MACs, latency). Residual, concat and depthwise groups stay consistent.
-- ``ffn`` / ``heads``: remove FFN neurons / whole attention heads of a BERT-style encoder.
+- ``ffn`` / ``heads``: remove FFN neurons / whole attention heads of transformer layers whose layout
+  :mod:`compressor.transformer_layers` knows (BERT, RoBERTa, DistilBERT, ViT/DeiT, GPT-2, Llama-style).
 - ``unstructured``: zero the smallest-magnitude weights (size shrinks in a sparse encoding).
 - ``2:4``: keep 2 of every 4 weights along the input dimension (what TensorRT accelerates).
 
@@ -26,14 +27,14 @@ from compressor.context import Context
 from compressor.errors import StageError
 from compressor.export.onnx import export_onnx
 from compressor.export.sparsity import semi_structured_report
-from compressor.hf import encoder_layers, sync_config
 from compressor.layers import LayerSelection, layer_value, pick, select_layers
 from compressor.limits import MAX_ROUNDS, MAX_STEPS
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.prune import sparse
 from compressor.stages.prune.importance import Criterion, accumulate_gradients, build_importance
 from compressor.stages.prune.structured import input_spec, prune_channels, replay, widths
-from compressor.stages.prune.transformer import prune_transformer
+from compressor.stages.prune.transformer import apply_cuts, prune_transformer, units
+from compressor.transformer_layers import fused_attention_candidates, sync_config, transformer_layers
 from compressor.train import TrainParams, train
 
 Method = Literal["channel", "ffn", "heads", "unstructured", "2:4"]
@@ -110,48 +111,48 @@ class Prune(Stage):
         p: PruneParams = self.params
         model, task = ctx.model, ctx.task
         inputs = task.example_inputs(1)
-        importance = build_importance(p.importance)
 
         def before_step() -> None:
             if p.importance == "taylor":
                 accumulate_gradients(model, task, p.taylor_batches, ctx.seed)
 
+        if p.method != "channel":
+            self._transformer(ctx, before_step, finetune)
+            return
         before = widths(model)
-        if p.method == "channel":
-            selected = select_layers(model, p)
-            ratios = {n: r for n, m in selected.items()
-                      if (r := layer_value(n, m, "sparsity", None, p.per_layer)) is not None}
-            history = prune_channels(model, inputs, importance=importance, selected=selected,
-                                     ratios=ratios, default_ratio=p.sparsity,
-                                     global_ranking=p.global_ranking, max_ratio=p.max_sparsity,
-                                     round_to=p.round_to, steps=p.steps, before_step=before_step,
-                                     after_step=finetune)
-            after = widths(model)
-            ctx.stage_metrics["channels"] = {n: [before[n], after[n]] for n in before
-                                             if n in after and after[n] != before[n]}
-        else:
-            layers = {layer.ffn_name if p.method == "ffn" else layer.attention_name: layer
-                      for layer in encoder_layers(model)}
-            if not layers:
-                raise StageError(f"method {p.method!r} needs a BERT-style Hugging Face encoder (layers "
-                                 "with attention.self.query/key/value, intermediate.dense, output.dense); "
-                                 f"{type(model).__name__} has none")
-            modules = {n: (layer.ffn_up if p.method == "ffn" else layer.attention) for n, layer in layers.items()}
-            chosen = pick(modules.items(), p)
-            if not chosen:
-                raise StageError(f"layers/ignore select none of: {', '.join(layers)}")
-            counts = {n: self._units(layers[n]) for n in chosen}
-            history = prune_transformer(
-                model, inputs, unit=p.method, layers={n: layers[n] for n in chosen},
-                ratios={n: layer_value(n, m, "sparsity", p.sparsity, p.per_layer) for n, m in chosen.items()},
-                importance=importance, round_to=p.round_to, steps=p.steps, before_step=before_step,
-                after_step=finetune)
-            key = "ffn_width" if p.method == "ffn" else "heads"
-            ctx.stage_metrics[key] = {n: [counts[n], self._units(layers[n])] for n in chosen}
+        selected = select_layers(model, p)
+        ratios = {n: r for n, m in selected.items()
+                  if (r := layer_value(n, m, "sparsity", None, p.per_layer)) is not None}
+        history = prune_channels(model, inputs, importance=build_importance(p.importance), selected=selected,
+                                 ratios=ratios, default_ratio=p.sparsity,
+                                 global_ranking=p.global_ranking, max_ratio=p.max_sparsity,
+                                 round_to=p.round_to, steps=p.steps, before_step=before_step,
+                                 after_step=finetune)
+        after = widths(model)
+        ctx.stage_metrics["channels"] = {n: [before[n], after[n]] for n in before
+                                         if n in after and after[n] != before[n]}
         self.record(inputs=input_spec(inputs), history=history)
 
-    def _units(self, layer: Any) -> int:
-        return layer.ffn_up.out_features if self.params.method == "ffn" else layer.num_heads
+    def _transformer(self, ctx: Context, before_step: Any, finetune: Any) -> None:
+        p: PruneParams = self.params
+        unit = "ffn" if p.method == "ffn" else "heads"
+        layers = {layer.ffn_name if unit == "ffn" else layer.attention_name: layer
+                  for layer in transformer_layers(ctx.model)}
+        if not layers:
+            raise StageError(_no_transformer_layers(ctx.model, p.method))
+        modules = {n: (layer.ffn_up[-1] if unit == "ffn" else layer.attention) for n, layer in layers.items()}
+        chosen = pick(modules.items(), p)
+        if not chosen:
+            raise StageError(f"layers/ignore select none of: {', '.join(layers)}")
+        counts = {n: units(layers[n], unit) for n in chosen}
+        cuts = prune_transformer(
+            ctx.model, unit=unit, layers={n: layers[n] for n in chosen},
+            ratios={n: layer_value(n, m, "sparsity", p.sparsity, p.per_layer) for n, m in chosen.items()},
+            criterion=p.importance, round_to=p.round_to, steps=p.steps, before_step=before_step,
+            after_step=finetune)
+        key = "ffn_width" if unit == "ffn" else "heads"
+        ctx.stage_metrics[key] = {n: [counts[n], units(layers[n], unit)] for n in chosen}
+        self.record(cuts=cuts)
 
     # ------------------------------------------------------------------ sparse
     def _sparsify(self, ctx: Context, finetune: Any) -> None:
@@ -209,6 +210,21 @@ class Prune(Stage):
                 weight = modules[name].weight
                 sparse.make_sparse(modules[name], torch.ones_like(weight, dtype=torch.bool), state["pattern"])
             return model
-        replay(model, state["history"], state["inputs"])
+        if "cuts" in state:
+            return apply_cuts(model, state["cuts"])
+        replay(model, state["history"], state["inputs"])  # channels, or ffn/heads before cuts were recorded
         sync_config(model)
         return model
+
+
+def _no_transformer_layers(model: nn.Module, method: str) -> str:
+    """Why ``method`` (ffn or heads) finds nothing to prune in ``model``, and what to do instead."""
+    message = (f"method {method!r} needs transformer layers of a known layout (BERT, RoBERTa, DistilBERT, "
+               f"ViT/DeiT, GPT-2, Llama-style; see compressor/transformer_layers.py); "
+               f"{type(model).__name__} has none")
+    fused = fused_attention_candidates(model)
+    if fused:
+        message += (f". {', '.join(fused)} look like hand-written fused q/k/v projections: a forward that "
+                    "derives the head size from its input width cannot follow pruned weights. Prune the "
+                    f"FFNs with method: channel, ignore: [{', '.join(fused)}]")
+    return message
