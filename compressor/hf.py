@@ -20,6 +20,7 @@ compressor stays fast for models that never use it.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compressor.errors import DataError, ModelLoadError
+from compressor.task import IGNORE, Metric
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -72,6 +74,21 @@ class InputSpec:
     @property
     def output_name(self) -> str:
         return "logits" if self.classifies else ("embedding" if self.modality == "text" else "features")
+
+    @property
+    def metric(self) -> Metric:
+        return "accuracy" if self.classifies else "fidelity"
+
+    def targets(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
+        """What quality is measured against on unlabelled data: the original model's ``outputs``
+        (an embedder), its predicted class (a classifier), or its per-token arg-max with
+        :data:`~compressor.task.IGNORE` where ``mask`` is 0 (padding)."""
+        if not self.classifies:
+            return outputs
+        predicted = outputs.argmax(-1)
+        if self.per_token and mask is not None:
+            predicted = predicted.masked_fill(mask == 0, IGNORE)
+        return predicted
 
 
 class SentenceEmbedder(nn.Module):
@@ -192,7 +209,7 @@ def hf_tokenizer(path: str | Path, what: str = "model.huggingface") -> PreTraine
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise DataError(f"{what}: no tokenizer in {path} ({str(exc).splitlines()[0]}); save one there "
-                        "with tokenizer.save_pretrained(DIR), or give data.args.tokenizer: DIR") from None
+                        "with tokenizer.save_pretrained(DIR), or give data.tokenizer: DIR") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise DataError(f"{what}: the tokenizer in {path} has neither a pad nor an end-of-sequence token "
@@ -256,6 +273,32 @@ def linear_conv1d(model: nn.Module) -> int:
         linear = nn.Linear(conv.weight.shape[0], conv.weight.shape[1])
         linear.weight.data = conv.weight.data.t().contiguous()
         linear.bias.data = conv.bias.data
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, linear)
+        linear.was_conv1d = True  # read by save_pretrained
+        _replace(model, name, linear)
     return len(found)
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """Save a model :func:`load_hf_model` built (pruned or not, not quantized) as a Hugging Face
+    folder that ``from_pretrained`` and ``model: {huggingface: DIR}`` read back: its config as
+    pruning left it, GPT-2's Linears as Conv1D again, and the source folder's tokenizer."""
+    from transformers.pytorch_utils import Conv1D
+
+    inner = copy.deepcopy(getattr(model, "encoder", None) or getattr(model, "model"))
+    for name, linear in list(inner.named_modules()):
+        if getattr(linear, "was_conv1d", False):
+            conv = Conv1D(linear.out_features, linear.in_features)
+            conv.weight.data = linear.weight.data.t().contiguous()
+            conv.bias.data = linear.bias.data
+            _replace(inner, name, conv)
+    folder = Path(folder)
+    inner.save_pretrained(folder)
+    source = getattr(model, "source", None)
+    if source is not None and getattr(model, "spec", None) is not None and model.spec.modality == "text":
+        hf_tokenizer(source).save_pretrained(folder)
+    return folder
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import random
 import time
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from compressor import distributed
 from compressor.checkpoint import read_model_spec, read_records, restore, save_checkpoint
 from compressor.context import Context, Restore, StageRecord
+from compressor.data import user_task
 from compressor.errors import CompressorError
 from compressor.export.bench import onnx_latency
 from compressor.export.targets import get_target
@@ -38,13 +40,22 @@ StageHook = Callable[[int, Any, dict[str, Any], Context], None]
 
 
 def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
+    """The recipe's data as a Task: the user's own (images, tensors, text, factory) or a named dataset."""
+    own = user_task(recipe.data, original, recipe.seed, trust_code=recipe.trust_code)
+    if own is not None:
+        return configure_task(own, recipe)
     name = recipe.data.dataset or default_dataset(recipe, original)
     if name is None:
-        raise CompressorError("data.dataset is required when the model is not from the zoo or a Hugging Face "
-                              f"folder; known datasets: {', '.join(sorted(DATASETS))}")
+        raise CompressorError("data: give the data (dataset, images, tensors, text or factory); only zoo models "
+                              f"and Hugging Face folders have a default. Known datasets: {', '.join(sorted(DATASETS))}")
     if name not in DATASETS:
         raise CompressorError(f"data.dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return configure_task(DATASETS[name].build(model=original, **recipe.data.args), recipe)
+    args = dict(recipe.data.args)
+    if recipe.data.tokenizer is not None:
+        if "tokenizer" not in inspect.signature(DATASETS[name].build).parameters:
+            raise CompressorError(f"data.tokenizer: dataset {name!r} does not tokenize text")
+        args["tokenizer"] = recipe.data.tokenizer
+    return configure_task(DATASETS[name].build(model=original, **args), recipe)
 
 
 def default_dataset(recipe: Recipe, original: torch.nn.Module) -> str | None:

@@ -1,7 +1,7 @@
 """A Task on sentences for any text model: tokenized with the model's own tokenizer, quality from
 labels or from the uncompressed model.
 
-The tokenizer is the one saved in the model's Hugging Face folder (``data.args.tokenizer`` names
+The tokenizer is the one saved in the model's Hugging Face folder (``data.tokenizer`` names
 another folder, e.g. for a factory-built model). What the task measures follows the model's head
 (:class:`compressor.hf.InputSpec`):
 
@@ -65,11 +65,11 @@ def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], 
     folder = tokenizer or getattr(model, "source", None)
     if folder is None:
         raise DataError(f"{source}: text data needs a tokenizer; this model is not a Hugging Face folder, "
-                        "so give one with data.args.tokenizer: DIR (a folder saved by tokenizer.save_pretrained)")
+                        "so give one with data.tokenizer: DIR (a folder saved by tokenizer.save_pretrained)")
     if labels is not None and spec.kind != "sequence-classification":
         raise DataError(f"{source}: the data has labels, but the model is a {spec.kind} model, not a "
                         "sequence classifier; drop the labels to measure fidelity to the original model")
-    tok = hf_tokenizer(folder, "data.args.tokenizer" if tokenizer else "model.huggingface")
+    tok = hf_tokenizer(folder, "data.tokenizer" if tokenizer else "model.huggingface")
 
     def encode(sentences: Sequence[str], length: int, split_labels: Sequence[int] | None) -> TensorDataset:
         tokens = tok(list(sentences), padding="max_length", truncation=True, max_length=length,
@@ -90,7 +90,7 @@ def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], 
                    else "class logits; quality: agreement with the original model's predicted class")
     else:
         meaning = "embedding; quality: cosine to the original model's (fidelity)"
-    return Task(name=name, metric="accuracy" if spec.classifies else "fidelity",
+    return Task(name=name, metric=spec.metric,
                 train=splits[0], val=splits[1], heldout=others, input_names=spec.input_names, output_names=[out],
                 dynamic_axes={"input_ids": axes, "attention_mask": axes, out: axes if spec.per_token else {0: "batch"}},
                 preprocessing={"input_ids": f"the tokenizer saved in {folder} ({type(tok).__name__}), padded "
@@ -112,20 +112,16 @@ def trim_padding(rows: list[tuple[Tensor, ...]]) -> list[Tensor]:
 
 
 def _references(model: nn.Module, ids: Tensor, mask: Tensor, batch_size: int, spec: InputSpec) -> Tensor:
-    """The original model's targets, computed in batches of similar length cut to their longest
-    sentence (~2.5x faster than at full padding): embeddings, predicted classes, or per-token
-    arg-max ids padded with :data:`IGNORE`."""
+    """The original model's targets (:meth:`InputSpec.targets`), computed in batches of similar
+    length cut to their longest sentence (~2.5x faster than at full padding); per-token targets
+    are padded back to the full length with :data:`IGNORE`."""
     lengths = mask.sum(1)
     order = lengths.argsort(stable=True)
     parts = []
     for chunk in order.split(batch_size):
         n = int(lengths[chunk].max())
-        out = reference_outputs(model, (ids[chunk, :n], mask[chunk, :n]), batch_size)
+        out = spec.targets(reference_outputs(model, (ids[chunk, :n], mask[chunk, :n]), batch_size), mask[chunk, :n])
         if spec.per_token:
-            predicted = out.argmax(-1).masked_fill(mask[chunk, :n] == 0, IGNORE)
-            out = torch.full((len(chunk), ids.shape[1]), IGNORE, dtype=torch.long)
-            out[:, :n] = predicted
-        elif spec.classifies:
-            out = out.argmax(-1)
+            out = torch.cat([out, torch.full((len(chunk), ids.shape[1] - n), IGNORE, dtype=out.dtype)], dim=1)
         parts.append(out)
     return torch.cat(parts)[order.argsort()]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from compressor.errors import CompressorError, RecipeError, RecipeErrors
 from compressor.export.targets import TARGETS
 from compressor.recipe.lines import KeyPath, format_path, nearest_line
-from compressor.recipe.schema import ModelSpec, Recipe, StageSpec, model_sections
+from compressor.recipe.schema import DataSpec, ModelSpec, Recipe, StageSpec, model_sections
 from compressor.recipe.space import check_space
 from compressor.recipe.yamlfile import parse_yaml, read_recipe_text
 from compressor.stages import STAGES  # late import: stages import the recipe package
@@ -204,6 +204,7 @@ def _validate(raw: dict[str, Any], path: Path | None, lines: dict[KeyPath, int],
     if recipe is not None:
         errors += _check_references(recipe, path, lines)
         errors += _check_models(model_sections(recipe.model, specs), path, lines, trust_code=trust_code)
+        errors += _check_data(recipe.data, path, lines, trust_code=trust_code)
         if recipe.search is not None and len(specs) == len(stage_entries):
             errors += _check_search(recipe, specs, path, lines)
     if errors:
@@ -273,6 +274,42 @@ def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, li
             check_arguments(fn, model.args, f"factory {model.factory!r}")
         except CompressorError as exc:
             error(str(exc), where + ("factory",))
+    return errors
+
+
+#: What each file field of the data section must be.
+_DATA_FILE_KINDS = {"images": "directory", "tensors": "file", "text": "file", "tokenizer": "directory"}
+
+
+def _check_data(data: DataSpec, path: Path | None, lines: dict[KeyPath, int], *,
+                trust_code: bool) -> list[RecipeError]:
+    """Resolve the user's data files relative to the recipe and check them; import-check a data
+    factory (user code, like ``model.factory``)."""
+    errors: list[RecipeError] = []
+    base = path.parent.resolve() if path else Path.cwd()
+
+    def error(message: str, field: str) -> None:
+        errors.append(RecipeError(message, file=path, key=f"data.{field}", line=nearest_line(lines, ("data", field))))
+
+    for field, kind in _DATA_FILE_KINDS.items():
+        value = getattr(data, field)
+        if value is None:
+            continue
+        resolved = value if value.is_absolute() else base / value
+        setattr(data, field, resolved)
+        if not resolved.exists():
+            error(f"no such {kind}: {resolved}", field)
+        elif kind == "file" and not resolved.is_file():
+            error(f"{resolved} is a directory, expected a file", field)
+        elif kind == "directory" and not resolved.is_dir():
+            error(f"{resolved} is a file, expected a directory", field)
+    if data.factory is not None:
+        data.import_path = [p if p.is_absolute() else base / p for p in data.import_path or [base]]
+        try:
+            fn = import_factory(data.factory, data.args, search_path=data.import_path, trust_code=trust_code)
+            check_arguments(fn, data.args, f"data factory {data.factory!r}")
+        except CompressorError as exc:
+            error(str(exc), "factory")
     return errors
 
 

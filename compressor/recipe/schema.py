@@ -59,14 +59,48 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
-    """The data used for fine-tuning, calibration and evaluation."""
+    """The data used for fine-tuning, calibration and evaluation: a named dataset or the user's own."""
 
-    dataset: str | None = Field(None, description="Dataset name; default: the zoo model's own.")
+    dataset: str | None = Field(None, description="Dataset name; default: the zoo model's own (or, for a Hugging "
+                                                  "Face folder, docstrings for text and synthetic images).")
+    images: Path | None = Field(None, description=(
+        "A folder of images: one subfolder per class (labels: accuracy) or the images directly (no labels: "
+        "quality against the original model). args: size (default: the model's), mean, std."))
+    tensors: Path | None = Field(None, description=(
+        "A .npz or .pt file of arrays with one row per sample: the model's inputs (by input name, or one "
+        "array of any name) and optional 'labels'."))
+    text: Path | None = Field(None, description=(
+        "A text file (one sentence per line) or .jsonl ({\"text\": ..., \"label\": ...} per line), tokenized "
+        "with the model's tokenizer. args: max_length (default 64)."))
+    factory: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description=(
+            "'package.module:function' returning a DataLoader (args: its keyword arguments) whose batches are "
+            "a tensor, a tuple (inputs..., labels: a 1-D integer tensor) or a dict of input names and 'labels'. "
+            "User code, imported like model.factory."))
+    import_path: list[Path] | None = Field(
+        None, description="Folders searched first for the factory's module, relative to the recipe "
+        "(default: the recipe's folder).")
+    tokenizer: Path | None = Field(None, description="A Hugging Face tokenizer folder for text data "
+                                                     "(default: the model's folder).")
+    max_samples: PositiveInt = Field(1024, le=MAX_SAMPLES, description=(
+        "Samples read from images, tensors, text or a factory (a seeded random subset of larger data; "
+        "bounds memory)."))
     batch_size: PositiveInt = Field(64, le=MAX_BATCH)
     calibration_samples: PositiveInt = Field(256, le=MAX_SAMPLES, description="Samples used by PTQ calibration.")
     eval_samples: PositiveInt | None = Field(None, le=MAX_SAMPLES,
                                              description="Cap on held-out samples (None: all).")
-    args: dict[str, Any] = Field(default_factory=dict, description="Dataset options.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Dataset (or data factory) options.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        given = [k for k in DATA_SOURCES if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of {', '.join(DATA_SOURCES)} (got {', '.join(given)})")
+        return self
+
+
+#: The DataSpec keys that name where the data comes from (at most one per recipe).
+DATA_SOURCES = ("dataset", "images", "tensors", "text", "factory")
 
 
 class EvalSpec(Strict):

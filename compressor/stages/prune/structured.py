@@ -9,12 +9,15 @@ freshly built base model: checkpoints never pickle modules.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from typing import Any, Callable, Iterator
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+
+from compressor.errors import StageError
 
 #: One pruning action: [root layer name, prunes output channels?, removed channel indices].
 History = list[list[Any]]
@@ -87,26 +90,82 @@ def prune_channels(model: nn.Module, inputs: tuple[Tensor, ...], *, importance: 
 
     ``ratios`` holds per-layer pruning ratios (others use ``default_ratio``); ``before_step`` runs
     before each step (e.g. to accumulate gradients for Taylor importance), ``after_step(step)``
-    after it (e.g. fine-tuning).
+    after it (e.g. fine-tuning). After every step the model must still run on ``inputs`` with
+    outputs of the same shapes; if pruning fails or breaks it, :class:`StageError` names the layers
+    whose channels cannot shrink (see :func:`unprunable_layers`).
     """
+    pristine = copy.deepcopy(model)
+    expected = output_shapes(model, inputs)
     graph = dependency_graph(model, inputs)
     chosen = set(selected.values())
     excluded = {m for m in model.modules() if isinstance(m, PRUNABLE) and m not in chosen}
     ignored = list(excluded | protected_layers(graph, excluded))
-    with traceable(model):
-        pruner = tp.pruner.MetaPruner(
-            model, inputs, importance=importance, global_pruning=global_ranking,
-            pruning_ratio=default_ratio,
-            pruning_ratio_dict={selected[n]: r for n, r in ratios.items() if n in selected},
-            max_pruning_ratio=max_ratio, iterative_steps=steps, ignored_layers=ignored,
-            round_to=round_to)
-    for step in range(1, steps + 1):
-        before_step()
+    names = {m: n for n, m in model.named_modules()}
+    try:
         with traceable(model):
-            pruner.step()
-        model.zero_grad(set_to_none=True)
-        after_step(step)
+            pruner = tp.pruner.MetaPruner(
+                model, inputs, importance=importance, global_pruning=global_ranking,
+                pruning_ratio=default_ratio,
+                pruning_ratio_dict={selected[n]: r for n, r in ratios.items() if n in selected},
+                max_pruning_ratio=max_ratio, iterative_steps=steps, ignored_layers=ignored,
+                round_to=round_to)
+        for step in range(1, steps + 1):
+            before_step()
+            with traceable(model):
+                pruner.step()
+            model.zero_grad(set_to_none=True)
+            if output_shapes(model, inputs) != expected:
+                raise RuntimeError("the pruned model's outputs changed shape")
+            after_step(step)
+    except (IndexError, RuntimeError, ValueError) as exc:  # torch-pruning's index mapping, or the forward
+        bad = unprunable_layers(pristine, inputs, {names[m] for m in ignored})
+        if not bad:
+            raise
+        raise StageError(
+            f"channel pruning cannot shrink {', '.join(bad)} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no message'}): the forward reshapes their outputs "
+            "with sizes fixed in the code (e.g. heads split from a fused q/k/v projection or from the "
+            f"input width). Keep them whole with ignore: [{', '.join(bad)}] (each keeps its coupled layers "
+            "too), or for Hugging Face transformers use method: ffn or heads") from None
     return [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]
+
+
+def output_shapes(model: nn.Module, inputs: tuple[Tensor, ...]) -> list[tuple[int, ...]] | None:
+    """Shapes of the model's outputs on ``inputs``; None when the forward fails."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(*inputs)
+    except (IndexError, RuntimeError, ValueError):
+        return None
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [tuple(o.shape) for o in outs if isinstance(o, Tensor)]
+
+
+def unprunable_layers(model: nn.Module, inputs: tuple[Tensor, ...], ignored: set[str]) -> list[str]:
+    """Root layers (not in ``ignored``) of the dependency groups that break ``model`` when one of
+    their channels is removed: each is tried on its own copy, so this runs only to explain a failure."""
+    expected = output_shapes(model, inputs)
+    graph = dependency_graph(model, inputs)
+    names = {m: n for n, m in model.named_modules()}
+    roots = [names[g[0].dep.target.module] for g in graph.get_all_groups(
+        ignored_layers=[m for m, n in names.items() if n in ignored], root_module_types=PRUNABLE)]
+    return [name for name in roots if not _prunes_one_channel(model, inputs, name, expected)]
+
+
+def _prunes_one_channel(model: nn.Module, inputs: tuple[Tensor, ...], name: str,
+                        expected: list[tuple[int, ...]] | None) -> bool:
+    trial = copy.deepcopy(model)
+    layer = trial.get_submodule(name)
+    prune = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+    try:
+        group = dependency_graph(trial, inputs).get_pruning_group(layer, prune, [0])
+        with torch.no_grad():
+            tp.importance.GroupMagnitudeImportance()(group)  # torch-pruning's index mapping must hold
+        with traceable(trial):
+            group.prune()
+    except (IndexError, RuntimeError, ValueError):
+        return False
+    return output_shapes(trial, inputs) == expected
 
 
 def widths(model: nn.Module) -> dict[str, int]:
