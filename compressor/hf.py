@@ -46,6 +46,9 @@ HEADS: dict[str, Kind] = {"ForSequenceClassification": "sequence-classification"
                           "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm", "ForMaskedLM": "fill-mask",
                           "ForTokenClassification": "token-classification"}
 PER_TOKEN: tuple[Kind, ...] = ("causal-lm", "fill-mask", "token-classification")
+#: Files a saved tokenizer has at least one of (transformers builds an empty tokenizer without them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ def load_sentence_embedder(path: str | Path, pretrained: bool = True) -> Sentenc
 def hf_tokenizer(path: str | Path, what: str = "model.huggingface") -> PreTrainedTokenizerBase:
     """The tokenizer saved in the Hugging Face folder ``path``; a pad token is set if it has none
     (GPT-2 and Llama reuse their end-of-sequence token, as their own batching does)."""
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(f"{what}: no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}); save one there "
+                        "with tokenizer.save_pretrained(DIR), or give data.tokenizer: DIR")
     offline()
     from transformers import AutoTokenizer
 

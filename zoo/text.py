@@ -18,7 +18,7 @@ cut to its longest sentence (:func:`trim_padding`), and the export keeps the seq
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch.utils.data import TensorDataset, default_collate
 from compressor.errors import DataError
 from compressor.hf import InputSpec, hf_tokenizer, input_spec
 from compressor.task import IGNORE, Task, reference_outputs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TRAIN_FRACTION = 0.8
 #: Held-out sets of other kinds are padded (and truncated) to 128 tokens, as the latency benches feed the model.
@@ -79,6 +82,7 @@ def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], 
                    else _references(model, ids, mask, batch_size, spec))
         return TensorDataset(ids, mask, targets)
 
+    _check_runs(model, tok, folder, train[:2], source)
     splits = [encode(part, max_length, None if labels is None else labels[i]) for i, part in enumerate((train, val))]
     others = {key: encode(part, HELDOUT_LENGTH, None) for key, part in (heldout or {}).items() if part}
     axes = {0: "batch", 1: "sequence"}
@@ -98,6 +102,18 @@ def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], 
                                "attention_mask": "1 for tokens, 0 for padding, int64",
                                out: meaning},
                 batch_size=batch_size, collate=trim_padding)
+
+
+def _check_runs(model: nn.Module, tok: PreTrainedTokenizerBase, folder: str | Path, sentences: Sequence[str],
+                source: str) -> None:
+    """Run the model on two sentences first: token ids beyond its vocabulary mean a foreign tokenizer."""
+    tokens = tok(list(sentences), padding=True, return_tensors="pt")
+    try:
+        with torch.no_grad():
+            model.eval()(tokens["input_ids"], tokens["attention_mask"])
+    except (IndexError, RuntimeError) as exc:
+        raise DataError(f"{source}: the model does not run on the token ids of the tokenizer in {folder} "
+                        f"({str(exc).strip().splitlines()[0]}); is it the model's own tokenizer?") from None
 
 
 def trim_padding(rows: list[tuple[Tensor, ...]]) -> list[Tensor]:
