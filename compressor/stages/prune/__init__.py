@@ -10,7 +10,7 @@ One stage kind, five methods:
 - ``2:4``: keep 2 of every 4 weights along the input dimension (what TensorRT accelerates).
 
 ``steps`` > 1 prunes iteratively, fine-tuning (``finetune``) after every step. The recorded state
-(torch-pruning's pruning history, or the sparse layers' names with their masks in the weights)
+(torch-pruning's pruning history, the FFN/head cuts, or the sparse layers' names with their masks in the weights)
 rebuilds the pruned architecture from the base model.
 """
 from __future__ import annotations
