@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -257,6 +258,9 @@ def _kind(path: Path, architecture: str) -> Kind:
 def _build(cls: Any, path: Path, config: Any, pretrained: bool) -> PreTrainedModel:
     """``cls`` from ``path`` (or from its config with random weights), eager attention where the
     architecture has attention, GPT-2's Conv1D as Linear."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load on stderr would bury compressor's own lines
     try:
         if pretrained:
             model = cls.from_pretrained(path, local_files_only=True, attn_implementation="eager")
@@ -287,7 +291,13 @@ def linear_conv1d(model: nn.Module) -> int:
 def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     """Save a model :func:`load_hf_model` built (pruned or not, not quantized) as a Hugging Face
     folder that ``from_pretrained`` and ``model: {huggingface: DIR}`` read back: its config as
-    pruning left it, GPT-2's Linears as Conv1D again, and the source folder's tokenizer."""
+    pruning left it, GPT-2's Linears as Conv1D again, and the source folder's tokenizer.
+
+    The folder is staged and read back with ``from_pretrained`` first: where the config cannot
+    state what pruning changed (fewer heads in BERT, DistilBERT and GPT-2 configs, which derive the
+    head size from ``hidden_size / heads``; channel-pruned widths), :class:`ModelLoadError` says so
+    and nothing is written.
+    """
     from transformers.pytorch_utils import Conv1D
 
     inner = copy.deepcopy(getattr(model, "encoder", None) or getattr(model, "model"))
@@ -298,10 +308,22 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
             conv.bias.data = linear.bias.data
             _replace(inner, name, conv)
     folder = Path(folder)
-    inner.save_pretrained(folder)
-    source = getattr(model, "source", None)
-    if source is not None and getattr(model, "spec", None) is not None and model.spec.modality == "text":
-        hf_tokenizer(source).save_pretrained(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        inner.save_pretrained(tmp)
+        try:
+            type(inner).from_pretrained(tmp, local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelLoadError(
+                f"{folder}: not written: {type(inner).__name__}'s config cannot state the pruned shapes, so "
+                f"from_pretrained would not rebuild it ({str(exc).strip().splitlines()[0]}); reload the model "
+                "from its compressor checkpoint (compressor.load_model)") from None
+        source = getattr(model, "source", None)
+        if source is not None and isinstance(getattr(model, "spec", None), InputSpec) and model.spec.modality == "text":
+            hf_tokenizer(source).save_pretrained(tmp)
+        folder.mkdir(exist_ok=True)
+        for item in Path(tmp).iterdir():
+            os.replace(item, folder / item.name)
     return folder
 
 

@@ -103,6 +103,10 @@ def test_ffn_and_head_pruning_keep_the_model_consistent(folders: dict[str, Path]
     if family in ("vit", "llama"):  # configs that state the head size: the pruned model round-trips
         save_pretrained(model, tmp_path / "pruned")
         assert torch.allclose(load_hf_model(tmp_path / "pruned")(*x), out, atol=1e-5)
+    else:  # the others derive it from hidden_size / heads: refused, nothing written
+        with pytest.raises(ModelLoadError, match="config cannot state the pruned shapes.*compressor.load_model"):
+            save_pretrained(model, tmp_path / "pruned")
+        assert not (tmp_path / "pruned").exists()
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
