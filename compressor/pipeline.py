@@ -124,14 +124,13 @@ class Pipeline:
         distributed.check_same("the recipe", recipe.to_dict(),
                                "launch every rank with the same recipe file and --set overrides")
         self.run_dir = distributed.share(self.run_dir)  # the default one is named after rank 0's clock
-        state = distributed.share(distributed.main_only(self._prepare_run_dir))
         seed_everything(recipe.seed)
         if self.base is not None:
             original, task = self.base[0], configure_task(self.base[1], recipe)
         else:  # before the run directory exists: a model that does not load leaves nothing behind
             original = load_model(recipe.model, trust_code=recipe.trust_code)
             task = build_task(recipe, original)
-        state = self._prepare_run_dir()
+        state = distributed.share(distributed.main_only(self._prepare_run_dir))  # rank 0 alone writes
         for p in original.parameters():
             p.requires_grad_(False)
         target = get_target(recipe.target)
