@@ -13,12 +13,15 @@ import compressor
 from compressor.checkpoint import save_checkpoint
 from compressor.cli import main
 from compressor.errors import UntrustedCodeError
+from compressor.pipeline import build_task
 from compressor.recipe.loader import load_recipe
 from compressor.recipe.schema import ModelSpec
 from compressor.sources import load_model
+from compressor.zoo import build_model
 from compressor.zoo.digits import DigitsCNN
 
 FACTORY_MODULE = """\
+from compressor.zoo import build_model
 from compressor.zoo.digits import DigitsCNN
 
 
@@ -126,3 +129,30 @@ def test_validate_locates_an_unimportable_factory(tmp_path: Path, capsys: pytest
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:4: model.factory: cannot import 'unimportable_models_q': no such module in {tmp_path.resolve()}" in err
+
+
+LOADER_MODULE = """\
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def loader(n=12):
+    return DataLoader(TensorDataset(torch.rand(n, 1, 8, 8), torch.arange(n) % 10), batch_size=4)
+"""
+
+
+def test_a_data_loader_beside_the_recipe_is_user_code_like_a_model_factory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "beside_recipe_data.py").write_text(LOADER_MODULE)
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {zoo: digits_cnn}\ndata:\n  factory: beside_recipe_data:loader\n  args: {n: 12}\n")
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["validate", str(path)]) == 0
+    assert "this recipe imports beside_recipe_data:loader (user code)" in capsys.readouterr().out
+    recipe = load_recipe(path)
+    task = build_task(recipe, build_model("digits_cnn"))
+    assert len(task.train) + len(task.val) == 12
+
+    path.write_text("model: {zoo: digits_cnn}\ndata:\n  factory: subprocess:getoutput\n  args: {cmd: id}\n")
+    assert main(["validate", str(path)]) == 2
+    assert f"{path}:3: data.factory: refused factory 'subprocess:getoutput'" in capsys.readouterr().err

@@ -174,10 +174,10 @@ class Recipe(Strict):
 
     @property
     def factories(self) -> list[str]:
-        """The ``pkg.mod:build`` factories this recipe imports (user code): its model's and any
-        stage's model section (a distill teacher)."""
-        return list(dict.fromkeys(spec.factory for _, spec in model_sections(self.model, self.stages)
-                                  if spec.factory))
+        """The ``pkg.mod:build`` factories this recipe imports (user code): its model's, any
+        stage's model section (a distill teacher) and its data loader's."""
+        models = [spec.factory for _, spec in model_sections(self.model, self.stages) if spec.factory]
+        return list(dict.fromkeys(models + ([self.data.factory] if self.data.factory else [])))
 
     @property
     def trust_code(self) -> bool:
