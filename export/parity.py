@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
@@ -58,16 +59,22 @@ def torch_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> np.ndarray:
 
 
 def ort_outputs(onnx_path: str | Path, inputs: tuple[Tensor, ...] | tuple[np.ndarray, ...],
-                threads: int | None = None) -> np.ndarray:
-    session = ort_session(onnx_path, threads)
+                threads: int | None = None, *, as_specified: bool = False) -> np.ndarray:
+    """The file's first output in ONNX Runtime. ``as_specified``: graph optimizations off, so each
+    QuantizeLinear/DequantizeLinear runs as the ONNX standard defines it instead of being fused
+    into ONNX Runtime's int8 kernels (what a file for another runtime, such as TensorRT, means)."""
+    level = ort.GraphOptimizationLevel
+    session = ort_session(onnx_path, threads, optimization=level.ORT_DISABLE_ALL if as_specified else level.ORT_ENABLE_ALL)
     return np.asarray(run_session(session, inputs, onnx_path)[0], dtype=np.float32)
 
 
 def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: tuple[Tensor, ...],
-                threads: int | None = None, *, reference: np.ndarray | None = None) -> Parity:
-    """Run ``inputs`` through PyTorch (or take ``reference``) and ONNX Runtime; compare first outputs."""
+                threads: int | None = None, *, reference: np.ndarray | None = None,
+                as_specified: bool = False) -> Parity:
+    """Run ``inputs`` through PyTorch (or take ``reference``) and ONNX Runtime; compare first outputs
+    (``as_specified``: see :func:`ort_outputs`)."""
     expected = torch_outputs(model, inputs) if reference is None else reference
-    return compare(expected, ort_outputs(onnx_path, inputs, threads))
+    return compare(expected, ort_outputs(onnx_path, inputs, threads, as_specified=as_specified))
 
 
 def engine_parity(reference: np.ndarray, engine_path: str | Path, input_names: list[str],

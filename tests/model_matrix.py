@@ -10,7 +10,6 @@ naming the module and the recipe key.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +121,3 @@ def reference_parity(deploy: Path) -> float:
     actual = session.run(None, feeds)[0]
     ref, act = expected.reshape(len(expected), -1), actual.reshape(len(actual), -1)
     return float(((ref * act).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(act, axis=1) + 1e-30)).mean())
-
-
-#: The one export failure this machine causes: ONNX Runtime's u8s8 int8 kernels saturate on x86
-#: CPUs with AVX2 but no VNNI (the fix belongs in export/ort_kernels.py).
-KERNEL_PARITY = re.compile(r"parity check failed for onnx \(int8\)")
