@@ -7,6 +7,8 @@ process would take on the whole batch.
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Literal
 
@@ -18,6 +20,11 @@ from tqdm.auto import tqdm
 from compressor import distributed
 from compressor.limits import MAX_BATCH, MAX_EPOCHS, MAX_STEPS
 from compressor.task import Task
+
+#: A training run projected to take longer than this (seconds) says so once, after its first steps.
+LONG_RUN_S = 600.0
+#: Steps timed before the projection (the first one, which warms up, is not counted).
+TIMED_STEPS = 5
 
 #: loss(model, inputs, target) -> scalar loss
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
@@ -80,6 +87,10 @@ def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn 
             for step, batch in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
+                if epoch == 0 and step == 1:
+                    started = time.perf_counter()
+                elif epoch == 0 and step == 1 + TIMED_STEPS:
+                    _say_duration(desc, (time.perf_counter() - started) / TIMED_STEPS, total)
                 inputs, target = task.split(batch)
                 loss = loss_fn(net, inputs, target)
                 opt.zero_grad(set_to_none=True)
@@ -106,6 +117,17 @@ def train(model: nn.Module, task: Task, params: TrainParams, *, loss_fn: LossFn 
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _say_duration(desc: str | None, seconds_per_step: float, total: int) -> None:
+    """One line on stderr when ``total`` steps at this pace exceed :data:`LONG_RUN_S` (evaluation
+    after each epoch comes on top), so that a long run is a choice, not a surprise."""
+    projected = seconds_per_step * total
+    if projected > LONG_RUN_S and distributed.is_main():
+        hours, rest = divmod(round(projected), 3600)
+        tqdm.write(f"{desc or 'training'}: {total} steps at {seconds_per_step:.2f} s/step take about "
+                   f"{f'{hours} h ' if hours else ''}{rest // 60} min (without evaluation); "
+                   "lower epochs or max_steps_per_epoch for a shorter run", file=sys.stderr)
 
 
 def _optimizer(params: TrainParams, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
