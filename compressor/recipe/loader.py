@@ -7,7 +7,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -234,7 +234,24 @@ def _check_references(recipe: Recipe, path: Path | None, lines: dict[KeyPath, in
 
 
 #: What each file field of a model section must be.
-_FILE_KINDS = {"checkpoint": "file", "torchscript": "file", "huggingface": "directory"}
+_FILE_KINDS = {"checkpoint": "file", "torchscript": "file", "huggingface": "Hugging Face model folder"}
+
+
+def _resolve_files(section: ModelSpec | DataSpec, kinds: dict[str, str], base: Path) -> Iterator[tuple[str, str]]:
+    """Make the section's file fields absolute (relative to ``base``, the recipe's folder) and yield
+    ``(field, problem)`` for each that is missing or of the wrong kind ("file", else a folder)."""
+    for field, kind in kinds.items():
+        value = getattr(section, field)
+        if value is None:
+            continue
+        resolved = value if value.is_absolute() else base / value
+        setattr(section, field, resolved)
+        if not resolved.exists():
+            yield field, f"no such {kind}: {resolved}"
+        elif kind == "file" and not resolved.is_file():
+            yield field, f"{resolved} is a directory, expected a file"
+        elif kind != "file" and not resolved.is_dir():
+            yield field, f"{resolved} is a file, expected a {kind}"
 
 
 def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, lines: dict[KeyPath, int],
@@ -249,18 +266,8 @@ def _check_models(models: list[tuple[KeyPath, ModelSpec]], path: Path | None, li
         errors.append(RecipeError(message, file=path, key=format_path(key), line=nearest_line(lines, key)))
 
     for where, model in models:
-        for field, kind in _FILE_KINDS.items():
-            value = getattr(model, field)
-            if value is None:
-                continue
-            resolved = value if value.is_absolute() else base / value
-            setattr(model, field, resolved)
-            if not resolved.exists():
-                error(f"no such {kind}: {resolved}", where + (field,))
-            elif kind == "file" and not resolved.is_file():
-                error(f"{resolved} is a directory, expected a file", where + (field,))
-            elif kind == "directory" and not resolved.is_dir():
-                error(f"{resolved} is a file, expected a Hugging Face model folder", where + (field,))
+        for field, problem in _resolve_files(model, _FILE_KINDS, base):
+            error(problem, where + (field,))
         if model.zoo in MODELS:
             try:
                 check_arguments(MODELS[model.zoo].build, model.args, f"zoo model {model.zoo!r}")
@@ -291,18 +298,8 @@ def _check_data(data: DataSpec, path: Path | None, lines: dict[KeyPath, int], *,
     def error(message: str, field: str) -> None:
         errors.append(RecipeError(message, file=path, key=f"data.{field}", line=nearest_line(lines, ("data", field))))
 
-    for field, kind in _DATA_FILE_KINDS.items():
-        value = getattr(data, field)
-        if value is None:
-            continue
-        resolved = value if value.is_absolute() else base / value
-        setattr(data, field, resolved)
-        if not resolved.exists():
-            error(f"no such {kind}: {resolved}", field)
-        elif kind == "file" and not resolved.is_file():
-            error(f"{resolved} is a directory, expected a file", field)
-        elif kind == "directory" and not resolved.is_dir():
-            error(f"{resolved} is a file, expected a directory", field)
+    for field, problem in _resolve_files(data, _DATA_FILE_KINDS, base):
+        error(problem, field)
     if data.factory is not None:
         data.import_path = [p if p.is_absolute() else base / p for p in data.import_path or [base]]
         try:
