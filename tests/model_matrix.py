@@ -67,7 +67,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", "HF LlamaForCausalLM (grouped-query attention)", "llama", FFN_AND_HEADS, ["vv", "qq", "kk"],
            refusals={"relation qk on grouped-query attention": (
                [{"distill": {"attention": {"weight": 1.0, "relations": ["qk"]}, "finetune": QUICK}}],
-               r"self_attn has grouped-query attention .*use relations \[vv, qq, kk\]")}),
+               r"self_attn has grouped-query attention .*use relations \[vv, qq, kk\]"),
+               "channel pruning": ([{"prune": {"sparsity": 0.5}}],
+                                   r"method 'channel' on Llama-style layers \(model.model.layers.0, .*use method: ffn or heads")}),
     Family("vit", "HF ViTForImageClassification", "vit", FFN_AND_HEADS, ["qk", "vv"]),
     Family("convnext", "HF ConvNextForImageClassification", "convnext", [{"prune": {"sparsity": 0.5}}],
            refusals=_cnn_refusals("ImageModel")),

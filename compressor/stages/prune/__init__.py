@@ -37,6 +37,9 @@ from compressor.stages.prune.transformer import apply_cuts, prune_transformer, u
 from compressor.transformer_layers import fused_attention_candidates, sync_config, transformer_layers
 from compressor.train import TrainParams, train
 
+#: Transformer layouts whose channel pruning is refused (see Prune._structured).
+ROTARY_LAYOUTS = ("llama",)
+
 Method = Literal["channel", "ffn", "heads", "unstructured", "2:4"]
 SPARSE_METHODS = ("unstructured", "2:4")
 
@@ -119,6 +122,12 @@ class Prune(Stage):
         if p.method != "channel":
             self._transformer(ctx, before_step, finetune)
             return
+        rotary = [layer.name for layer in transformer_layers(model) if layer.layout.name in ROTARY_LAYOUTS]
+        if rotary:
+            raise StageError(f"method 'channel' on Llama-style layers ({rotary[0]}, ...: rotary position "
+                             "embeddings, grouped-query attention) is not supported: "
+                             "torch-pruning's dependency graph of a 2-layer model did not finish in 10 minutes; "
+                             "use method: ffn or heads")
         before = widths(model)
         selected = select_layers(model, p)
         ratios = {n: r for n, m in selected.items()
