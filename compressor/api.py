@@ -40,13 +40,15 @@ def run(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[
 
 def search(recipe: Recipe | str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
            run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None,
-           trials: int | None = None, workers: int = 1) -> "SearchSummary":
+           trials: int | None = None, workers: int = 1, trust_code: bool = False) -> "SearchSummary":
     """Search the recipe's ``search.space`` (see docs/search.md); returns the report's summary.
 
-    Running it again with the same ``run_dir`` (or ``storage``) resumes the study.
+    Running it again with the same ``run_dir`` (or ``storage``) resumes the study. ``trust_code``
+    allows factories from the modules :mod:`compressor.trust` refuses.
     """
-    if not isinstance(recipe, Recipe) or overrides:
-        recipe = load_recipe(recipe.to_dict() if isinstance(recipe, Recipe) else recipe, overrides=overrides)
+    if not isinstance(recipe, Recipe) or overrides or trust_code != recipe.trust_code:
+        recipe = load_recipe(recipe.to_dict() if isinstance(recipe, Recipe) else recipe, overrides=overrides,
+                             trust_code=trust_code)
     search = Search(recipe, run_dir or default_run_dir(recipe), storage=storage, study_name=study_name,
                     trials=trials)
     return search.run(workers=workers) or search.report()  # a complete study: its report

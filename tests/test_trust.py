@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from search_toy import builtin_recipe
 
 import compressor
 from compressor.checkpoint import save_checkpoint
@@ -16,6 +17,8 @@ from compressor.errors import UntrustedCodeError
 from compressor.pipeline import build_task
 from compressor.recipe.loader import load_recipe
 from compressor.recipe.schema import ModelSpec
+from compressor.search.study import Search
+from compressor.search.trial import for_trial
 from compressor.sources import load_model
 from compressor.zoo import build_model
 from compressor.zoo.digits import DigitsCNN
@@ -156,3 +159,14 @@ def test_a_data_loader_beside_the_recipe_is_user_code_like_a_model_factory(
     path.write_text("model: {zoo: digits_cnn}\ndata:\n  factory: subprocess:getoutput\n  args: {cmd: id}\n")
     assert main(["validate", str(path)]) == 2
     assert f"{path}:3: data.factory: refused factory 'subprocess:getoutput'" in capsys.readouterr().err
+
+
+def test_a_search_keeps_the_callers_trust_in_every_trial_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[list[str]] = []
+    monkeypatch.setattr("compressor.search.study.subprocess.Popen", lambda cmd: spawned.append(cmd))
+    for trust in (False, True):
+        recipe = load_recipe(builtin_recipe(trials=2), trust_code=trust)
+        search = Search(recipe, tmp_path / f"s{trust}")
+        assert search.recipe.trust_code == for_trial(search.recipe).trust_code == trust
+        search._spawn()
+        assert ("--trust-code" in spawned[-1]) == trust

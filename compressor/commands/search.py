@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from compressor.commands.common import add_recipe_args, formatter, int_in
+from compressor.commands.common import add_recipe_args, add_trust_arg, formatter, int_in
 from compressor.recipe.loader import load_recipe
 from compressor.search.report import describe
 from compressor.search.study import Search, default_run_dir
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search per-layer settings under a latency budget (Optuna)",
                        description=HELP, formatter_class=formatter())
     add_recipe_args(p)
+    add_trust_arg(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<name>-search)")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, "
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    recipe = load_recipe(args.recipe, overrides=args.overrides, trust_code=args.trust_code)
     threads = args.torch_threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     search = Search(recipe, args.out or default_run_dir(recipe), storage=args.storage,
                     study_name=args.study_name, trials=args.trials, torch_threads=threads,

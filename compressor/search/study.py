@@ -63,7 +63,7 @@ def _search_hash(recipe: Recipe) -> str:
     """What must not change between workers of one study (the trial count may grow)."""
     data = recipe.to_dict()
     data["search"].pop("trials", None)
-    return load_recipe(data).digest()
+    return load_recipe(data, trust_code=recipe.trust_code).digest()
 
 
 class Search:
@@ -77,7 +77,7 @@ class Search:
         heartbeat = HEARTBEAT_S if heartbeat is None else heartbeat
         if heartbeat < 1:
             raise CompressorError(f"--heartbeat must be at least 1 second (got {heartbeat})")
-        self.recipe = load_recipe(recipe.to_dict())
+        self.recipe = load_recipe(recipe.to_dict(), trust_code=recipe.trust_code)
         self.spec: SearchSpec = self.recipe.search
         if trials is not None:
             self.spec.trials = trials
@@ -285,4 +285,6 @@ class Search:
                "--trials", str(self.spec.trials), "--heartbeat", str(self.heartbeat), "--no-report"]
         if self.torch_threads:
             cmd += ["--torch-threads", str(self.torch_threads)]
+        if self.recipe.trust_code:
+            cmd.append("--trust-code")
         return subprocess.Popen(cmd)

@@ -26,7 +26,7 @@ from compressor.train import TrainParams
 def configured(recipe: Recipe, variables: list[Variable], values: dict[str, Scalar],
                cheap: CheapSpec | None = None) -> Recipe:
     """The recipe a trial stands for (what ``best.yaml`` holds): values written in, caps applied."""
-    out = load_recipe(apply(recipe, variables, values))
+    out = load_recipe(apply(recipe, variables, values), trust_code=recipe.trust_code)
     if cheap is not None:
         for params in train_params(out):
             if cheap.epochs is not None:
@@ -45,7 +45,7 @@ def for_trial(recipe: Recipe, *, train: bool = True) -> Recipe:
     ``train=False`` gives the architecture phase: every training inside the stages is set to
     zero epochs and quality is evaluated on one batch (it is not used).
     """
-    out = load_recipe(recipe.to_dict())
+    out = load_recipe(recipe.to_dict(), trust_code=recipe.trust_code)
     out.stages = [s for s in out.stages if STAGES[s.kind].changes_model]
     out.report.latency = "off"
     if not train:
