@@ -40,7 +40,7 @@ def _attempt(family: Family, root: Path, target: str, stages: list[dict[str, Any
     try:
         compressor.run(recipe(family, root, target, stages), run_dir=out, overwrite=True)
     except CompressorError as exc:
-        return str(exc).split(" (artifacts kept")[0]
+        return str(exc).split(" (artifacts kept")[0].replace(f"{out.parent}/", "")
     return None
 
 
@@ -73,8 +73,8 @@ def _round_trip(family: Family, root: Path, out: Path) -> str | None:
         reloaded = load_hf_model(out / "hf")
         with torch.no_grad():
             same = torch.allclose(reloaded(*inputs), model(*inputs), atol=1e-4)
-    except (CompressorError, RuntimeError, ValueError) as exc:
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    except (CompressorError, RuntimeError, ValueError) as exc:  # the folder named relative to the bench's
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}".replace(f"{out.parent}/", "")
     return None if same else "reloads with different outputs"
 
 
