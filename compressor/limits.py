@@ -18,5 +18,7 @@ MAX_SAMPLES = 10_000_000
 MAX_BATCH = 65_536
 #: Timed runs and warm-up runs of a latency measurement.
 MAX_ITERATIONS = 100_000
+#: Trials of a search study (the CLI's --trials has the same bound).
+MAX_TRIALS = 1_000_000
 #: Random seeds (numpy takes 32 bits; stage seeds are derived as seed * 1000 + index).
 MAX_SEED = 2**32 - 1

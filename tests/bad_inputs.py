@@ -232,6 +232,9 @@ RECIPES = [
          "less than or equal to 1000", "r.yaml"),
     Case("recipe-parity-samples-1e12", recipe(GOOD_MODEL + "stages:\n  - export: {parity: {samples: 1000000000000}}\n"),
          "less than or equal to", "r.yaml"),
+    Case("recipe-search-trials-1e12", recipe(GOOD_MODEL + "stages:\n  - finetune: {epochs: 1}\n"
+                                             "search: {trials: 1000000000000, space: {finetune.lr: {value: [0.001, 0.01]}}}\n"),
+         "less than or equal to 1000000", "r.yaml"),
     Case("recipe-lr-nan", recipe(GOOD_MODEL + "stages:\n  - finetune: {lr: .nan}\n"), "finite number", "r.yaml"),
     Case("recipe-lr-inf", recipe(GOOD_MODEL + "stages:\n  - finetune: {lr: .inf}\n"), "finite number", "r.yaml"),
     Case("recipe-max-drop-inf", recipe(GOOD_MODEL + "eval: {max_drop: .inf}\n"), "finite number", "r.yaml"),

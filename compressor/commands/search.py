@@ -5,6 +5,7 @@ import argparse
 import os
 
 from compressor.commands.common import add_recipe_args, add_trust_arg, formatter, int_in
+from compressor.limits import MAX_TRIALS
 from compressor.recipe.loader import load_recipe
 from compressor.search.report import describe
 from compressor.search.study import Search, default_run_dir
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Optuna storage shared by workers: an RDB URL (sqlite:///f.db, "
                         "postgresql+psycopg://...) or a journal file path (default: RUN_DIR/study.db)")
     p.add_argument("--study-name", metavar="NAME", help="study name (default: the recipe's name)")
-    p.add_argument("--trials", type=int_in(1, 1_000_000), metavar="N", help="override search.trials")
+    p.add_argument("--trials", type=int_in(1, MAX_TRIALS), metavar="N", help="override search.trials")
     p.add_argument("--workers", type=int_in(1, 256), default=1, metavar="N",
                    help="worker processes on this machine (default 1)")
     p.add_argument("--torch-threads", type=int_in(1, 1024), metavar="N",

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
                       ValidationError, field_validator, model_validator)
 
+from compressor.limits import MAX_TRIALS
+
 if TYPE_CHECKING:
     import optuna
 
@@ -216,13 +218,13 @@ class CheapSpec(_Strict):
 class SearchSpec(_Strict):
     """``search:`` in a recipe: what `compressor search` explores and under which budget."""
 
-    trials: PositiveInt = Field(40, description="Trials in the study (all workers together).")
+    trials: PositiveInt = Field(40, le=MAX_TRIALS, description="Trials in the study (all workers together).")
     budget: Budget | None = None
     objectives: list[Objective] | None = Field(
         None, description="What Optuna optimises. Default: [quality] with a budget (constrained "
         "single objective), else [quality, latency] (Pareto front).")
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    startup_trials: NonNegativeInt = Field(10, description="Random trials before TPE models the space.")
+    startup_trials: NonNegativeInt = Field(10, le=MAX_TRIALS, description="Random trials before TPE models the space.")
     population: PositiveInt = Field(16, description="NSGA-II population size.")
     pruner: Literal["median", "none"] = Field(
         "median", description="Stop trials whose quality after a stage is below the median of "
