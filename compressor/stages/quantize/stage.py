@@ -30,6 +30,7 @@ from compressor.stages.quantize.qat import quantization_aware_training
 from compressor.stages.quantize.rounding import round_weights
 from compressor.stages.quantize.sensitivity import quantized_layer_drops
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
+from compressor.stages.quantize.speed import place_for_speed
 from compressor.task import Task
 from compressor.train import TrainParams
 
@@ -92,6 +93,11 @@ class QuantizeParams(StageParams, LayerSelection):
     fold_bn: bool = Field(True, description="Fold BatchNorm into the preceding conv first.")
     smoothquant: SmoothQuantParams | None = Field(None, description="SmoothQuant outlier migration.")
     rounding: RoundingParams = Field(default_factory=RoundingParams)
+    placement: Literal["all", "speed"] = Field(
+        "all", description="all: quantize every selected layer. speed (ONNX Runtime targets): time the "
+        "calibrated model on this machine (at report.latency_batch) with its smallest layers left float "
+        "(none, 1/4, 1/2, 3/4, all) and keep the fastest; for small layers the Q/DQ conversions cost more "
+        "than int8 saves.")
     keep_float: int = Field(0, ge=0, description="Keep the N layers whose lone quantization costs the "
                                                  "most quality in float (sensitivity-based).")
     sensitivity_samples: PositiveInt = Field(128, le=MAX_SAMPLES, description="Held-out samples for keep_float.")
@@ -102,6 +108,13 @@ class QuantizeParams(StageParams, LayerSelection):
     learn_scales: bool = Field(True, description="QAT: train the scales too (LSQ).")
     distill: float = Field(0.0, ge=0, le=1, description="QAT: weight of distillation from the fp32 model.")
     temperature: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _speed_alone(self) -> "QuantizeParams":
+        if self.placement == "speed" and self.smoothquant is not None:
+            raise ValueError("placement: speed does not combine with smoothquant (a smoothed layer's scales "
+                             "live in its input quantizer); use one of them")
+        return self
 
 
 def _plans(p: QuantizeParams) -> tuple[TensorPlan, TensorPlan | None]:
@@ -201,12 +214,17 @@ class Quantize(Stage):
 
     def apply(self, ctx: Context) -> Context:
         p: QuantizeParams = self.params
+        float_model = copy.deepcopy(ctx.model) if p.placement == "speed" else None
         model, state, metrics = quantize_model(ctx.model, ctx.task, p, rules=ctx.target.rules, log=ctx.log)
+        if float_model is not None:
+            model, state, chosen = place_for_speed(float_model, model, state, ctx.task, ctx.target,
+                                                   batch=ctx.recipe.report.latency_batch, log=ctx.log)
+            metrics.update(chosen, quantized_layers=len(state["plans"]))
         self.record(**state)
         ctx.model = model
         ctx.stage_metrics.update(metrics)
         ctx.stage_metrics["ptq_quality"] = ctx.task.evaluate(model)
-        if p.mode == "qat":
+        if p.mode == "qat" and state["plans"]:
             history = quantization_aware_training(
                 model, ctx.task, p.finetune, teacher=ctx.original, distill=p.distill,
                 temperature=p.temperature, learn_scales=p.learn_scales, seed=ctx.seed)

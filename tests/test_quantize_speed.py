@@ -1,0 +1,74 @@
+"""quantize placement: speed keeps float the smallest layers where int8 is measured slower
+(compressor/stages/quantize/speed.py), records the choice, and the checkpoint replays it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import compressor
+from compressor.checkpoint import restore
+from compressor.cli import main
+from compressor.stages.quantize import speed
+from compressor.zoo import build_model
+
+
+def _recipe(target: str = "cpu-x86", export: bool = False) -> dict:
+    stages = [{"quantize": {"placement": "speed"}}] + ([{"export": {"simplify": False}}] if export else [])
+    return {"name": "speed", "model": {"zoo": "digits_cnn"}, "target": target, "data": {"batch_size": 64},
+            "report": {"latency": "off"}, "stages": stages}
+
+
+def _timings(fastest: str):
+    def fake(paths: dict[str, Path], inputs: tuple, threads: int | None) -> dict[str, float]:
+        assert all(p.is_file() for p in paths.values())  # every variant was exported
+        return {label: 1.0 if label == fastest else 2.0 for label in paths}
+    return fake
+
+
+def _quantized(model: torch.nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if getattr(m, "weight_quantizer", None) is not None}
+
+
+def test_the_fastest_variant_is_kept_and_its_float_layers_are_the_smallest(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed, "time_onnx", _timings("2 of 4 layers float"))
+    report = compressor.run(_recipe(), run_dir=tmp_path / "run")
+    placement = report.rows[1]["placement"]
+    assert placement["chosen"] == "2 of 4 layers float"
+    assert set(placement["latency_ms"]) == {"0 of 4 layers float", "1 of 4 layers float", "2 of 4 layers float",
+                                            "3 of 4 layers float", "all float"}
+    layers = ["features.0.0", "features.1.0", "features.3.0", "classifier"]
+    macs = speed.layer_macs(build_model("digits_cnn"), layers, (torch.rand(1, 1, 8, 8),))
+    assert set(placement["kept_float"]) == set(sorted(layers, key=macs.get)[:2])
+    restored = restore(Path(report.run_dir) / "checkpoints" / "01-quantize.pt")
+    assert _quantized(restored) == set(layers) - set(placement["kept_float"])
+    assert report.rows[1]["quantized_layers"] == 2
+
+
+def test_when_no_int8_variant_pays_the_model_stays_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed, "time_onnx", _timings("all float"))
+    report = compressor.run(_recipe(export=True), run_dir=tmp_path / "run")
+    assert report.rows[1]["placement"]["chosen"] == "all float"
+    restored = restore(Path(report.run_dir) / "checkpoints" / "01-quantize.pt")
+    assert not _quantized(restored) and not any("quantizer" in n for n, _ in restored.named_modules())
+    manifest = json.loads((Path(report.run_dir) / "deploy" / "manifest.json").read_text())
+    assert manifest["models"]["onnx"]["precision"] == "fp32"
+
+
+def test_measured_on_this_machine_every_variant_has_a_latency(tmp_path: Path) -> None:
+    placement = compressor.run(_recipe(), run_dir=tmp_path / "run").rows[1]["placement"]
+    assert len(placement["latency_ms"]) == 5 and all(v > 0 for v in placement["latency_ms"].values())
+    assert placement["chosen"] in placement["latency_ms"]
+
+
+def test_a_tensorrt_target_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_recipe(target="jetson-orin")))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "quantize.placement: speed times ONNX Runtime; target 'jetson-orin' runs tensorrt" in err
+    assert "Traceback" not in err
