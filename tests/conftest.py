@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
+
+from compressor.zoo import build_model
+from compressor.zoo.minilm import SentenceEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +32,14 @@ def digits_recipe() -> dict:
             {"export": {"simplify": False}},
         ],
     }
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceEmbedder:
+    """The packaged all-MiniLM-L6-v2, built with every network connection refused."""
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("minilm tried to reach the network")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        return build_model("minilm")

@@ -1,7 +1,6 @@
 """The text corpora, the held-out sets every text run reports, and the guard on fidelity scores."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from compressor.pipeline import Pipeline
 from compressor.recipe.loader import load_recipe
 from compressor.report import Report
 from compressor.task import fidelity_baselines, near_baseline, randomized
-from compressor.zoo import build_model
 from compressor.zoo.docstrings import docstring_split, docstrings_task
 from compressor.zoo.english import english_corpus, english_task, plain_text, prose_sentences
 from compressor.zoo.minilm import SentenceEmbedder
@@ -29,16 +27,6 @@ class ConstantEmbedder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.value.expand(len(input_ids), -1)
-
-
-@pytest.fixture(scope="module")
-def minilm() -> SentenceEmbedder:
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("minilm tried to reach the network")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", no_network)
-        return build_model("minilm")
 
 
 def test_markup_is_reduced_to_prose_sentences() -> None:

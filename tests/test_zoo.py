@@ -1,7 +1,6 @@
 """The zoo's ImageNet-shaped CNNs, their synthetic fidelity task, MiniLM and the docstrings corpus."""
 from __future__ import annotations
 
-import socket
 import warnings
 from pathlib import Path
 
@@ -122,16 +121,6 @@ def test_fidelity_tasks_need_the_model() -> None:
 
 
 # ---------------------------------------------------------------- MiniLM and the docstrings corpus
-@pytest.fixture(scope="module")
-def minilm() -> SentenceEmbedder:
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("minilm tried to reach the network")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", no_network)
-        return build_model("minilm")
-
-
 def test_minilm_loads_offline_as_a_plain_module(minilm: SentenceEmbedder) -> None:
     assert 22.5e6 < n_params(minilm) < 22.6e6  # the unused BERT pooler is dropped
     assert minilm.encoder.config.num_hidden_layers == 6

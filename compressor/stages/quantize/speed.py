@@ -27,6 +27,8 @@ from compressor.task import Task
 
 #: Shares of the quantized layers (smallest first) tried as float.
 FLOAT_SHARES = (0.0, 0.25, 0.5, 0.75)
+#: The variant without any quantized layer: the input model.
+ALL_FLOAT = "all float"
 
 
 def layer_macs(model: nn.Module, names: list[str], inputs: tuple[Tensor, ...]) -> dict[str, int]:
@@ -58,43 +60,42 @@ def without_quantizers(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 def place_for_speed(float_model: nn.Module, quantized: nn.Module, state: dict[str, Any], task: Task,
-                    target: Target, *, batch: int = 1, log: Callable[[str], None] = print,
-                    time_variants: Callable[..., dict[str, float]] | None = None
+                    target: Target, *, batch: int = 1, log: Callable[[str], None] = print
                     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """The fastest of the variants described in the module docstring, timed at ``batch``:
-    (model, stage state, metrics).
-
-    ``time_variants(paths, inputs, threads)`` returns each ONNX file's median latency in ms
-    (default: :func:`time_onnx`; tests pass a table).
-    """
+    """The fastest of the variants described in the module docstring, timed at ``batch`` by
+    :func:`time_onnx`: (model, stage state, metrics)."""
     if target.runtime != "onnxruntime":
         raise StageError(f"quantize.placement: speed times ONNX Runtime; target {target.name!r} runs "
                          f"{target.runtime}, which picks int8 or float kernels per layer itself: use placement: all")
-    inputs = task.example_inputs(batch)
     names = list(state["plans"])
     macs = layer_macs(quantized, names, task.example_inputs(1))
     smallest = sorted(names, key=lambda n: (macs.get(n, 0), n))
-    counts = sorted({int(share * len(names)) for share in FLOAT_SHARES})
-    variants: dict[str, tuple[nn.Module, list[str]]] = {
-        f"{k} of {len(names)} layers float": (without_quantizers(quantized, smallest[:k]), smallest[:k])
-        for k in counts}
-    variants["all float"] = (float_model, names)
+    #: label -> the layers it keeps float; each variant's model is built when it is needed, one at a time.
+    variants = {f"{k} of {len(names)} layers float": smallest[:k]
+                for k in sorted({int(share * len(names)) for share in FLOAT_SHARES})}
+    variants[ALL_FLOAT] = names
+
+    def build(label: str) -> nn.Module:
+        kept = variants[label]
+        return float_model if label == ALL_FLOAT else without_quantizers(quantized, kept) if kept else quantized
+
     axes = task.dynamic_axes or {n: {0: "batch"} for n in task.input_names + task.output_names}
     with tempfile.TemporaryDirectory(prefix="placement-") as tmp:
-        paths = {label: export_onnx(model, task.example_inputs(2), Path(tmp) / f"{i}.onnx",
+        paths = {label: export_onnx(build(label), task.example_inputs(2), Path(tmp) / f"{i}.onnx",
                                     input_names=task.input_names, output_names=task.output_names,
                                     dynamic_axes=axes, runtime=target.runtime, cpu=target.cpu,
                                     qdq_min_opset=target.rules.min_opset,
                                     narrow_weights=target.rules.narrow_range_weights)
-                 for i, (label, (model, _)) in enumerate(variants.items())}
-        latency = (time_variants or time_onnx)(paths, inputs, target.threads)
+                 for i, label in enumerate(variants)}
+        latency = time_onnx(paths, task.example_inputs(batch), target.threads)
     best = min(latency, key=latency.get)
-    model, kept = variants[best]
+    kept = variants[best]
     metrics = {"placement": {"chosen": best, "kept_float": kept, "batch": batch,
                              "latency_ms": {k: round(v, 4) for k, v in latency.items()}}}
     log(f"placement: speed chose {best} at batch {batch} ({latency[best]:.3f} ms; "
         + ", ".join(f"{k} {v:.3f} ms" for k, v in latency.items() if k != best) + ")")
-    if best == "all float":
+    model = build(best)
+    if best == ALL_FLOAT:
         return model, {**state, "pairs": [], "sites": [], "plans": {}, "ties": [], "smoothed": []}, metrics
     plans = {n: plan for n, plan in state["plans"].items() if n not in kept}
     ties = shared_quantizer_groups(model, task.example_inputs(2))
