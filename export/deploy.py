@@ -23,6 +23,7 @@ from compressor.export.bench import compare_onnx
 from compressor.export.codebook_onnx import export_codebook_onnx
 from compressor.export.fp16 import KEEP_FLOAT, convert_file
 from compressor.export.onnx import export_onnx, io_specs, read_metadata
+from compressor.export.ort_kernels import host_cpu
 from compressor.export.params import ExportParams, Tolerance
 from compressor.export.parity import Parity, engine_parity, onnx_parity, torch_outputs
 from compressor.export.qdq_rules import check_trt
@@ -109,12 +110,13 @@ def export_model(model: nn.Module, task: Task, target: Target, deploy_dir: str |
     inputs = task.example_inputs(params.parity.samples)
     reference = torch_outputs(model, inputs)
     parity: dict[str, Parity] = {}
-    # A Q/DQ file for TensorRT is checked as the ONNX standard defines it: ONNX Runtime's own int8
-    # kernels are not what the target runs (its u8s8 ones saturate on x86 CPUs without VNNI).
-    as_specified = target.runtime == "tensorrt" and qdq
+    # A Q/DQ file for TensorRT, or for another CPU than this one (an arm64 file checked on x86), is
+    # checked as the ONNX standard defines it: this machine's ONNX Runtime int8 kernels are not what
+    # the target runs (x86's u8s8 ones saturate on 8-bit weights without VNNI; export/ort_kernels.py).
+    as_specified = qdq and (target.runtime == "tensorrt" or target.cpu != host_cpu())
     if as_specified:
         res.notes.append("parity of the int8 ONNX file: every Q/DQ evaluated as the ONNX standard defines it "
-                         "(ONNX Runtime's graph optimizations off), as TensorRT reads it")
+                         f"(ONNX Runtime's graph optimizations off), as {target.name} reads it")
     for fmt, path in onnx_files.items():
         parity[fmt] = onnx_parity(model, path, inputs, target.threads, reference=reference,
                                   as_specified=as_specified and precision[fmt] == "int8")

@@ -10,14 +10,15 @@ Writing the kernel means doing what ORT's own Q/DQ fusion would have done around
 - on x86 the activations become uint8 with zero point 128 (the same values: q + 128): ORT's x86
   GEMMs take uint8 activations (its s8s8 GEMM has no AVX2 kernel: MiniLM ran 2.5-4x slower than
   fp32 with it). ARM keeps int8;
-- on x86 the weights of those kernels become uint8 too (w + 128, zero point + 128: the same values),
-  so ORT runs its u8u8 GEMM. Its u8s8 GEMM, what ORT picks for int8 weights, multiplies with
-  ``vpmaddubsw`` on AVX2 and AVX-512 CPUs without VNNI, which adds two uint8 x int8 products in
-  int16 and saturates (255 * 127 * 2 > 32767): outputs go wrong wherever large activations meet
-  large weights (MiniLM's cosine to fp32 fell from 0.9969 to 0.9930 on an AVX2 EPYC). The u8u8
-  GEMM widens to int16 before multiplying and is exact on every x86-64 CPU, ~1.2x slower than
-  the saturating u8s8 one there (docs/quantization.md). ORT's own remedy is the same conversion
-  (its ``session.x64quantprecision`` option), or 7-bit weights, which would change the numbers;
+- on x86, 8-bit weights of those kernels become uint8 too (w + 128, zero point + 128: the same
+  values), so ORT runs its u8u8 GEMM. Its u8s8 GEMM, what ORT picks for int8 weights, multiplies
+  with ``vpmaddubsw`` on AVX2 and AVX-512 CPUs without VNNI, which adds two uint8 x int8 products
+  in int16 and saturates (255 * 127 * 2 > 32767): outputs go wrong wherever large activations
+  meet large weights (MiniLM's cosine to fp32 fell from 0.9969 to 0.9930 on an AVX2 EPYC). The
+  u8u8 GEMM widens to int16 before multiplying and is exact on every x86-64 CPU, but slower
+  (ResNet-18: 0.90x fp32 against 0.70x with u8s8, bench/int8_weights.py). Weights within
+  [-64, 64] cannot saturate and stay int8: the quantize stage gives cpu-x86 targets 7-bit weights
+  (ONNX Runtime's own ``reduce_range`` remedy), so their files run the fast u8s8 kernels exactly;
 - the Q moves above Reshape/Transpose between it and the MatMul (exact for a per-tensor Q), so
   they move int8 data, as ORT's Q/DQ propagation arranges for graphs it fuses itself.
 
@@ -38,6 +39,8 @@ from compressor.export.qdq_graph import _axis, _readers, _replace_nodes, _topolo
 DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 MS_DOMAIN = "com.microsoft"
 EIGHT_BIT = (TensorProto.INT8, TensorProto.UINT8)
+#: Largest int8 weight magnitude ORT's x86 u8s8 kernels multiply without saturating (see above).
+EXACT_U8S8_WEIGHT = 64
 
 
 def host_cpu() -> str:
@@ -150,33 +153,39 @@ def _prepare_activations(model: onnx.ModelProto, unsigned: bool) -> None:
 
 
 def unsigned_weights(graph: onnx.GraphProto) -> int:
-    """x86: int8 weights become uint8 (+128, zero point + 128: the same values); returns the count.
+    """x86: int8 weights that could saturate become uint8 (+128, zero point + 128: the same values);
+    returns the count.
 
     Covers the weights of ``MatMulIntegerToFloat`` kernels with uint8 activations and every int8
     weight a DequantizeLinear reads (Conv, Gemm): ONNX Runtime turns int8 activations into uint8
     when it fuses those, and its u8s8 kernels saturate on CPUs without VNNI (module docstring);
     with uint8 weights it runs the exact u8u8 ones (QLinearConv, QGemm, MatMulIntegerToFloat).
+    Weights within [-64, 64] stay int8: two products then fit int16 (2 x 255 x 64 <= 32767), so
+    the faster u8s8 kernels are exact for them (7-bit weights, the ``ort-x86`` rules).
     """
     inits = {i.name: i for i in graph.initializer}
-    slots: list[tuple[onnx.NodeProto, int]] = []
+    slots: list[tuple[onnx.NodeProto, int, int]] = []  # (node, weight input, its zero point input)
     for node in graph.node:
         if node.op_type == "MatMulIntegerToFloat" and len(node.input) >= 6 \
                 and all(node.input[i] in inits for i in (1, 4, 5)) \
                 and inits[node.input[4]].data_type == TensorProto.UINT8:
-            slots += [(node, 1), (node, 5)]  # B, b_zero_point
+            slots.append((node, 1, 5))
         elif node.op_type == "DequantizeLinear" and len(node.input) == 3 \
                 and all(n in inits for n in node.input) and len(inits[node.input[0]].dims) > 1:
-            slots += [(node, 0), (node, 2)]  # a weight and its zero point
+            slots.append((node, 0, 2))
     converted: dict[str, str] = {}
-    for node, slot in slots:
-        name = node.input[slot]
-        if inits[name].data_type != TensorProto.INT8:
+    for node, *pair in slots:
+        weight = inits[node.input[pair[0]]]
+        if weight.data_type != TensorProto.INT8 or \
+                np.abs(numpy_helper.to_array(weight).astype(np.int16)).max() <= EXACT_U8S8_WEIGHT:
             continue
-        if name not in converted:
-            converted[name] = name + "_uint8"
-            shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
-            graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
-        node.input[slot] = converted[name]
+        for slot in pair:
+            name = node.input[slot]
+            if name not in converted:
+                converted[name] = name + "_uint8"
+                shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+                graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
+            node.input[slot] = converted[name]
     read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for init in [i for i in graph.initializer if i.name in converted and i.name not in read]:
         graph.initializer.remove(init)

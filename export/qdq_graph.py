@@ -3,6 +3,9 @@
 The TorchScript exporter writes each quantizer as QuantizeLinear -> DequantizeLinear, weights
 included, and one pair per *call* (a quantizer shared by three Linears gives three pairs). These
 passes turn that into one graph that TensorRT parses and ONNX Runtime runs as int8 kernels:
+- ``fold_weight_clips``: weights of fewer than 8 bits are clipped to their grid (Min/Max with the
+  per-channel bounds) before their int8 Q; the clip of a constant becomes a constant, so the
+  next pass sees a constant weight and the layer runs in int8 kernels;
 - ``fold_weight_quantizers``: Q(constant float weight) becomes an int8 initializer (4x smaller
   file, no Q at run time) read by its DequantizeLinear, clipped to the narrow range [-127, 127]
   when the target's rules ask for it
@@ -57,6 +60,7 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime",
     """All passes for ``runtime`` ("onnxruntime" or "tensorrt"), in order; changes ``model``.
     ``narrow_weights``: int8 weights in [-127, 127] (the target's ``narrow_range_weights``)."""
     _constants_to_initializers(model)
+    fold_weight_clips(model)
     fold_weight_quantizers(model, narrow=narrow_weights)
     dedupe_qdq(model)
     fold_weight_transposes(model)
@@ -68,6 +72,32 @@ def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime",
         dequantize_unfused_conv_weights(model)
     _drop_unused_initializers(model)
     return model
+
+
+#: Elementwise ops :func:`fold_weight_clips` evaluates on constants.
+_CONSTANT_OPS = {"Min": np.minimum, "Max": np.maximum, "Mul": np.multiply}
+
+
+def fold_weight_clips(model: onnx.ModelProto) -> int:
+    """Replace Min/Max/Mul nodes whose inputs are all initializers by their result; returns the count.
+
+    The TorchScript exporter folds few ops, and a clipped weight left as Min(Max(W, lo), hi) would
+    keep its QuantizeLinear from folding, so the layer would run in float."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    folded, keep = 0, []
+    for node in graph.node:
+        fn = _CONSTANT_OPS.get(node.op_type)
+        if fn is not None and len(node.input) == 2 and all(n in inits for n in node.input):
+            a, b = (numpy_helper.to_array(inits[n]) for n in node.input)
+            result = numpy_helper.from_array(np.asarray(fn(a, b), dtype=a.dtype), node.output[0])
+            graph.initializer.append(result)
+            inits[result.name] = result
+            folded += 1
+        else:
+            keep.append(node)
+    _replace_nodes(graph, keep)
+    return folded
 
 
 def fold_weight_quantizers(model: onnx.ModelProto, *, narrow: bool = True) -> int:

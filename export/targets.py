@@ -6,7 +6,7 @@ for TensorRT, the engine's build settings). ``compressor targets`` prints this t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
@@ -34,22 +34,30 @@ class QuantRules:
     #: Which inputs of residual Adds get Q/DQ: "residual" (the skip input, so Conv+Add fuses into one
     #: TensorRT kernel), "both" (ONNX Runtime's QLinearAdd needs both) or "none".
     residual_adds: Literal["none", "residual", "both"]
+    #: Bits of integer weights when a recipe does not set them. 7 for ONNX Runtime on x86: its
+    #: u8s8 kernels add two products in int16 on CPUs without VNNI, which 8-bit weights can
+    #: overflow and 7-bit ones cannot (ORT's ``reduce_range``); 8-bit weights there run the exact
+    #: but slower u8u8 kernels (export/ort_kernels.py).
+    weight_bits: int = 8
 
     def keeps_float(self, *op_types: str) -> bool:
         """Whether any of ``op_types`` (the ONNX ops a layer exports as) must stay float."""
         return any(op in self.keep_float for op in op_types)
 
 
+# ORT's CPU kernels fuse Q/DQ around Conv/MatMul/Gemm; LayerNorm, Softmax and GELU outputs carry
+# outliers that int8 breaks (MiniLM static QDQ on all ops: cosine 0.35), so they stay float.
+# Narrow-range weights too: one weight grid serves both runtimes (a CNN's ORT export passes
+# check-trt, docs/quantization.md).
+_ORT_CPU = QuantRules("ort-cpu", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
+                      keep_float=("Softmax", "LayerNormalization", "Gelu", "Erf", "Pow", "ReduceMean"),
+                      residual_adds="both")
+
 QUANT_RULES: dict[str, QuantRules] = {r.name: r for r in (
     QuantRules("tensorrt", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
                keep_float=("Softmax", "LayerNormalization"), residual_adds="residual"),
-    # ORT's CPU kernels fuse Q/DQ around Conv/MatMul/Gemm; LayerNorm, Softmax and GELU outputs carry
-    # outliers that int8 breaks (MiniLM static QDQ on all ops: cosine 0.35), so they stay float.
-    # Narrow-range weights too: one weight grid serves both runtimes (a CNN's ORT export passes
-    # check-trt, docs/quantization.md).
-    QuantRules("ort-cpu", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
-               keep_float=("Softmax", "LayerNormalization", "Gelu", "Erf", "Pow", "ReduceMean"),
-               residual_adds="both"),
+    _ORT_CPU,
+    replace(_ORT_CPU, name="ort-x86", weight_bits=7),
 )}
 
 
@@ -87,7 +95,7 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cpu-x86", "onnxruntime", "x86-64 CPU through ONNX Runtime (AVX2/AVX-512/VNNI)",
-           ("int8", "fp32"), cpu="x86_64"),
+           ("int8", "fp32"), cpu="x86_64", rules=QUANT_RULES["ort-x86"]),
     Target("cpu-arm64", "onnxruntime",
            "ARM64 CPU (Graviton, Raspberry Pi 5, phones) through ONNX Runtime; fp16 on ARMv8.2+",
            ("int8", "fp16", "fp32"), cpu="arm64"),

@@ -95,19 +95,23 @@ def test_matmul_and_bias_become_one_int8_kernel_with_uint8_activations() -> None
     assert len(kernel_flags) == 1 and "TensorRT target" in kernel_flags[0].message
 
 
-@pytest.mark.parametrize("unsigned", [True, False], ids=["x86", "arm"])
-def test_extreme_activations_and_weights_stay_exact(unsigned: bool) -> None:
+@pytest.mark.parametrize("unsigned, magnitude, weight_type", [
+    (True, 127, TensorProto.UINT8), (True, 64, TensorProto.INT8), (False, 127, TensorProto.INT8)],
+    ids=["x86", "x86-7bit", "arm"])
+def test_extreme_activations_and_weights_stay_exact(unsigned: bool, magnitude: int, weight_type: int) -> None:
     """Weights at +-127 and activations at the ends of the int8 range: the pairs of products
     reach 255 * 127 * 2 in uint8, which x86's u8s8 GEMM (vpmaddubsw, AVX2 without VNNI)
-    saturates at 32767; the kernel must not."""
+    saturates at 32767; the kernel must not. Weights within +-64 cannot saturate it (2 * 255 * 64
+    <= 32767), so they keep int8 and the fast u8s8 kernel."""
     rng = np.random.default_rng(5)
-    w = rng.choice(np.array([-127, 127], np.int8), (64, 16))
+    w = rng.choice(np.array([-magnitude, magnitude], np.int8), (64, 16))
     model = linear_graph(w)
     x_scale = float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "x_scale")))
     # int8 activations 127 / 126 / -128 / -127: uint8 255 / 254 / 0 / 1
     x = (rng.choice(np.array([127, 126, -128, -127]), (2, 64, 4)) * x_scale).astype(np.float32)
     expected = exact_output(model, x)
     assert integer_matmuls(model, unsigned_activations=unsigned) == 1
+    assert weight_types(model) == (weight_type, weight_type)
     np.testing.assert_allclose(run(model, x)[0], expected, rtol=1e-5, atol=1e-4)
 
 

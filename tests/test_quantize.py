@@ -341,3 +341,46 @@ def test_sensitivity_command_writes_table_and_plot(tmp_path: Path) -> None:
     assert set(drops) == {"features.0.0", "features.1.0", "features.3.0", "classifier"}
     assert max(drops.values()) > 0
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+
+
+def _file_weights(path: str) -> list[np.ndarray]:
+    """The integer weight initializers (2-D and up) of an ONNX file."""
+    graph = onnx.load(path).graph
+    return [onnx.numpy_helper.to_array(i) for i in graph.initializer
+            if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(i.dims) > 1]
+
+
+@pytest.mark.parametrize("target, bits, dtype, largest", [
+    ("cpu-x86", None, np.int8, 63),     # 7-bit: ORT's fast u8s8 kernels cannot saturate on them
+    ("cpu-x86", 8, np.uint8, 127),      # 8-bit asked for: stored uint8 for the exact u8u8 kernels
+    ("cpu-arm64", None, np.int8, 127),  # ARM's int8 kernels have no such overflow
+], ids=["x86-default", "x86-8bit", "arm64"])
+def test_weight_bits_follow_the_target_and_export_as_integers(tmp_path: Path, target: str, bits: int | None,
+                                                               dtype: type, largest: int) -> None:
+    weights = {"bits": bits} if bits else {}
+    report = compressor.run(_recipe([{"quantize": {"weights": weights, "activations": {"observer": "minmax"}}},
+                                     {"export": {"simplify": False}}], target=target), run_dir=tmp_path / "run")
+    stored = _file_weights(report.artifacts["onnx"])
+    assert stored and all(w.dtype == dtype for w in stored)
+    centred = [w.astype(np.int16) - (128 if dtype == np.uint8 else 0) for w in stored]
+    assert max(int(np.abs(w).max()) for w in centred) == largest
+    assert report.rows[-1]["quality"] >= report.rows[0]["quality"] - 0.02
+
+
+def test_low_bit_weights_export_as_int8_initializers(tmp_path: Path) -> None:
+    """4-bit weights are clipped to their grid before the int8 Q; export folds the clip, so the
+    layer stores int8 values in [-7, 7] and runs as an int8 kernel instead of in float."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1)).eval()  # the last conv's output stays float: float weights
+    act = TensorPlan(8, observer="minmax")
+    wrap_layers(model, plan_layers(model, LayerSelection(), TensorPlan(4), act, True))
+    x = torch.randn(4, 3, 8, 8)
+    calibrate(model, [(torch.randn(4, 3, 8, 8),) for _ in range(2)])
+    path = export_onnx(model, (x,), tmp_path / "w4.onnx", input_names=["x"], output_names=["y"], cpu="x86_64")
+    stored = _file_weights(str(path))
+    assert len(stored) == 2 and all(w.dtype == np.int8 and np.abs(w).max() <= 7 for w in stored)
+    assert op_counts(path)["Min"] == 0
+    out = ort_session(path).run(None, {"x": x.numpy()})[0]
+    expected = model(x).detach().numpy()
+    assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()

@@ -122,12 +122,13 @@ class TensorQuantizer(nn.Module):
             assert self.observer is not None
             self.observer.update(x.detach())
             return x
-        if self.bits == 8 and self.fmt == "int" and not isinstance(self.scale, nn.Parameter):
-            if self.narrow and not torch.onnx.is_in_onnx_export():
-                # TensorRT wants weights in [-127, 127]; the ONNX pass that folds weight Q nodes
-                # into int8 initializers clips them the same way (export/qdq_graph.py).
-                hi = 127 * self._broadcast(self.scale, x)
-                x = torch.maximum(torch.minimum(x, hi), -hi)
+        if self.bits <= 8 and self.fmt == "int" and not isinstance(self.scale, nn.Parameter):
+            if self.bits < 8 or (self.narrow and not torch.onnx.is_in_onnx_export()):
+                # Fewer bits: clip to the grid, so the int8 Q/DQ below exports and runs in int8
+                # kernels. Narrow 8-bit: TensorRT wants weights in [-127, 127]; the ONNX pass that
+                # folds weight Q nodes into int8 initializers clips them the same way (qdq_graph.py).
+                scale = self._broadcast(self.scale, x)
+                x = torch.maximum(torch.minimum(x, self.qmax * scale), self.qmin * scale)
             if self.axis is None:
                 return torch.fake_quantize_per_tensor_affine(
                     x, self.scale.reshape(()), self.zero_point.reshape(()), -128, 127)

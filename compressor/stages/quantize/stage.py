@@ -40,15 +40,16 @@ class _Section(BaseModel):
 
 
 class WeightParams(_Section):
-    bits: int = Field(8, description="Weight bits: 2..8 integer (4 = int4 weight-only grid); "
-                                     "16 or 32 keep weights float.")
+    bits: int | None = Field(None, description="Weight bits: 2..8 integer (4 = int4 weight-only grid); "
+                                            "16 or 32 keep weights float. Default: the target's (8; 7 "
+                                            "on cpu-x86, whose fast int8 kernels overflow on 8-bit weights).")
     per_channel: bool = Field(True, description="One scale per output channel (axis 0).")
     observer: Literal["minmax", "mse"] = Field("minmax", description="Weight range: max or MSE-optimal clip.")
     format: Literal["int", "fp8"] = Field("int", description="fp8: simulated E4M3 (TensorRT fp8 targets).")
 
     @model_validator(mode="after")
     def _bits(self) -> "WeightParams":
-        if self.bits not in FLOAT_BITS and not 2 <= self.bits <= 8:
+        if self.bits is not None and self.bits not in FLOAT_BITS and not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be 2..8, 16 or 32, got {self.bits}")
         return self
 
@@ -117,9 +118,10 @@ class QuantizeParams(StageParams, LayerSelection):
         return self
 
 
-def _plans(p: QuantizeParams) -> tuple[TensorPlan, TensorPlan | None]:
+def _plans(p: QuantizeParams, rules: QuantRules) -> tuple[TensorPlan, TensorPlan | None]:
     w, a = p.weights, p.activations
-    weight = TensorPlan(w.bits, w.format, w.observer)
+    bits = w.bits if w.bits is not None else (8 if w.format == "fp8" else rules.weight_bits)
+    weight = TensorPlan(bits, w.format, w.observer)
     act = None if a.bits in FLOAT_BITS else TensorPlan(a.bits, a.format, a.observer, a.percentile)
     return weight, act
 
@@ -136,7 +138,7 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *,
     n_cal = p.calibration_samples or task.calibration_samples
     n_batches = math.ceil(n_cal / task.batch_size)
     batches = lambda: task.calibration_batches(n_cal)  # noqa: E731
-    weight, act = _plans(p)
+    weight, act = _plans(p, rules)
     metrics: dict[str, Any] = {}
 
     pairs = find_conv_bn_pairs(model, example) if p.fold_bn else []
