@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
-import pytest
 import torch
 import yaml
 

@@ -31,10 +31,12 @@ class Bneck(NamedTuple):
 
 
 #: MobileNetV3-Small's bottlenecks after its 16-channel stem; the last conv is 6x the last width.
-_SMALL = (Bneck(3, 16, 16, True, False, 2), Bneck(3, 72, 24, False, False, 2), Bneck(3, 88, 24, False, False, 1),
+_SMALL = (Bneck(3, 16, 16, True, False, 2),
+          Bneck(3, 72, 24, False, False, 2), Bneck(3, 88, 24, False, False, 1),
           Bneck(5, 96, 40, True, True, 2), Bneck(5, 240, 40, True, True, 1), Bneck(5, 240, 40, True, True, 1),
-          Bneck(5, 120, 48, True, True, 1), Bneck(5, 144, 48, True, True, 1), Bneck(5, 288, 96, True, True, 2),
-          Bneck(5, 576, 96, True, True, 1), Bneck(5, 576, 96, True, True, 1))
+          Bneck(5, 120, 48, True, True, 1), Bneck(5, 144, 48, True, True, 1),
+          Bneck(5, 288, 96, True, True, 2), Bneck(5, 576, 96, True, True, 1),
+          Bneck(5, 576, 96, True, True, 1))
 
 #: torchvision's BatchNorm settings for MobileNetV3 (they differ from PyTorch's defaults).
 _norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
@@ -43,8 +45,8 @@ _norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 def conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
                 act: type[nn.Module] | None = nn.Hardswish) -> nn.Sequential:
     """torchvision's ``Conv2dNormActivation``: the same children (0: conv, 1: norm, 2: activation)."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                               _norm(cout)]
+    conv = nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+    layers: list[nn.Module] = [conv, _norm(cout)]
     return nn.Sequential(*layers, act(inplace=True)) if act is not None else nn.Sequential(*layers)
 
 
@@ -91,8 +93,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV3(nn.Module):
     """Stem conv, the bottlenecks, a 1x1 conv to 6x the last width, pool, a hard-swish MLP head."""
 
-    def __init__(self, settings: tuple[Bneck, ...] = _SMALL, last_channel: int = 1024, num_classes: int = 1000,
-                 width_mult: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(self, settings: tuple[Bneck, ...] = _SMALL, last_channel: int = 1024,
+                 num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
         super().__init__()
         cin = make_divisible(16 * width_mult)
         layers: list[nn.Module] = [conv_bn_act(3, cin, 3, 2)]
@@ -119,7 +121,8 @@ class MobileNetV3(nn.Module):
 
 
 @register_model("mobilenet_v3_small", dataset="imagenet-synthetic", weights="random (or your checkpoint)",
-                description="MobileNetV3-Small (SE, hard-swish), ImageNet shapes (3x224x224 -> 1000), 2.5M parameters")
+                description="MobileNetV3-Small (SE, hard-swish), ImageNet shapes (3x224x224 -> 1000), "
+                            "2.5M parameters")
 def mobilenet_v3_small(num_classes: int = 1000, width_mult: float = 1.0, seed: int = 0,
                        resolution: int = 224, pretrained: bool = True) -> MobileNetV3:
     """MobileNetV3-Small with seeded random weights and a data-dependent init (see ``zoo/synthetic.py``).
@@ -134,5 +137,6 @@ def mobilenet_v3_small(num_classes: int = 1000, width_mult: float = 1.0, seed: i
         model = MobileNetV3(_SMALL, 1024, num_classes, width_mult)
         if not pretrained:
             return model.eval()
-        residual = [b.block[-1][1] for b in model.modules() if isinstance(b, InvertedResidual) and b.use_res_connect]
+        residual = [b.block[-1][1] for b in model.modules()
+                    if isinstance(b, InvertedResidual) and b.use_res_connect]
         return data_dependent_init(model, model.classifier[-1], residual, resolution)
