@@ -34,7 +34,8 @@ passes turn that into one graph that TensorRT parses and ONNX Runtime runs as in
   last conv before a float pooling) cannot become QLinearConv, and ONNX Runtime does not
   constant-fold a DequantizeLinear, so it dequantized and repacked that conv's weights at every
   run (0.57 of 1.26 ms in digits_cnn at batch 32). Its weights are stored dequantized instead:
-  the same float values, so the same output, with a larger file for that layer.
+  the same float values, so the same output, with a larger file for that layer. Not where only
+  QuantizeLinears read the output (a residual fork): ORT requantizes such float weights per tensor.
 
 Biases stay float on purpose. ONNX Runtime fuses a Conv/Gemm only when its bias comes from an
 int32 DequantizeLinear, but since 1.21 its ``WeightBiasQuantization`` graph transformer writes that
@@ -278,7 +279,7 @@ def move_float_gemm_bias(model: onnx.ModelProto) -> int:
 
 
 def dequantize_unfused_conv_weights(model: onnx.ModelProto) -> int:
-    """Conv(x, DQ(W_int)) whose output is not read by one QuantizeLinear -> Conv(x, W as float)."""
+    """Conv(x, DQ(W_int)) whose output is not quantized -> Conv(x, W as float)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -290,8 +291,11 @@ def dequantize_unfused_conv_weights(model: onnx.ModelProto) -> int:
                 or len(readers[dq.output[0]]) != 1:
             continue
         out = readers[conv.output[0]]
-        if len(out) == 1 and out[0].op_type == "QuantizeLinear":
-            continue  # ONNX Runtime fuses it into QLinearConv
+        if out and all(r.op_type == "QuantizeLinear" for r in out):
+            # One Q: ONNX Runtime fuses it into QLinearConv. Several (a residual fork, each reader
+            # with its own pair): its WeightBiasQuantization would quantize float weights again,
+            # per tensor, so they must stay the per-channel int8 ones.
+            continue
         weight = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
         scale, zero = _along_axis(dq, weight.ndim, *(numpy_helper.to_array(inits[n]).astype(np.float32)
                                                      for n in dq.input[1:3]))

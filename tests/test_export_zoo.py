@@ -1,4 +1,4 @@
-"""Acceptance: the zoo's ResNet-18, MobileNetV2 and MiniLM export at fp32 and fp16 with parity.
+"""Acceptance: the zoo's ResNet-18, MobileNetV2, MobileNetV3-Small and MiniLM export at fp32 and fp16 with parity.
 
 Full architectures; the CNNs at 64 px and few samples to keep the suite fast (bench/export_latency.py
 runs them at 224 px).
@@ -17,6 +17,7 @@ from compressor.zoo import DATASETS, MODELS, build_model
 CASES = {
     "resnet18": ({"resolution": 64}, {"resolution": 64, "train_samples": 4, "val_samples": 8}),
     "mobilenet_v2": ({"resolution": 64}, {"resolution": 64, "train_samples": 4, "val_samples": 8}),
+    "mobilenet_v3_small": ({"resolution": 64}, {"resolution": 64, "train_samples": 4, "val_samples": 8}),
     "minilm": ({}, {"samples": 40}),
 }
 

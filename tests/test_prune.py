@@ -18,6 +18,7 @@ from compressor.recipe.loader import load_recipe
 from compressor.stages.prune import sparse
 from compressor.stages.prune.structured import input_spec, prune_channels, replay, widths
 from compressor.zoo.mobilenet import mobilenet_v2
+from compressor.zoo.mobilenet_v3 import mobilenet_v3_small
 from compressor.zoo.resnet import resnet18
 
 
@@ -32,7 +33,8 @@ def _prune(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, *, ignore: tup
 
 
 BUILDERS = {"resnet18": lambda: resnet18(num_classes=10, width=0.5),
-            "mobilenet_v2": lambda: mobilenet_v2(num_classes=10, width_mult=0.5)}
+            "mobilenet_v2": lambda: mobilenet_v2(num_classes=10, width_mult=0.5),
+            "mobilenet_v3_small": lambda: mobilenet_v3_small(num_classes=10, width_mult=0.5, resolution=32)}
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -42,7 +44,7 @@ def test_channel_pruning_shrinks_cnn_and_replays_from_history(name: str) -> None
     history = _prune(model, x[:1], round_to=8)
     assert model(x).shape == (2, 10)  # residual adds and depthwise convs stayed consistent
     assert count_params(model) < 0.45 * params and count_macs(model, (x[:1],)) < 0.4 * macs
-    pruned = {n: w for n, w in widths(model).items() if n not in ("fc", "classifier.1")}
+    pruned = {n: w for n, w in widths(model).items() if n not in ("fc", "classifier.1", "classifier.3")}
     assert all(w % 8 == 0 for w in pruned.values()), pruned
     rebuilt = replay(BUILDERS[name](), history, input_spec((x[:1],)))
     rebuilt.load_state_dict(model.state_dict())

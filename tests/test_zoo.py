@@ -14,6 +14,7 @@ from compressor.zoo import DATASETS, MODELS, build_model
 from compressor.zoo.docstrings import docstring_sentences, docstrings_task
 from compressor.zoo.minilm import SentenceEmbedder, load_sentence_embedder, minilm_tokenizer
 from compressor.zoo.mobilenet import MobileNetV2
+from compressor.zoo.mobilenet_v3 import MobileNetV3
 from compressor.zoo.resnet import ResNet
 from compressor.zoo.synthetic import imagenet_synthetic_task, synthetic_images
 
@@ -34,7 +35,7 @@ class Constant(nn.Module):
 
 
 def test_registry_links_models_to_datasets() -> None:
-    for name in ("resnet18", "mobilenet_v2", "minilm"):
+    for name in ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "minilm"):
         assert MODELS[name].dataset in DATASETS
 
 
@@ -50,7 +51,13 @@ def mobilenet() -> nn.Module:
     return build_model("mobilenet_v2", resolution=64)
 
 
-@pytest.mark.parametrize("fixture, params", [("resnet", 11_689_512), ("mobilenet", 3_504_872)])
+@pytest.fixture(scope="module")
+def mobilenet_v3() -> nn.Module:
+    return build_model("mobilenet_v3_small", resolution=64)
+
+
+@pytest.mark.parametrize("fixture, params", [("resnet", 11_689_512), ("mobilenet", 3_504_872),
+                                             ("mobilenet_v3", 2_542_856)])
 def test_cnn_imagenet_shapes_and_torchvision_parameter_counts(request: pytest.FixtureRequest, fixture: str,
                                                               params: int) -> None:
     model = request.getfixturevalue(fixture)
@@ -60,19 +67,30 @@ def test_cnn_imagenet_shapes_and_torchvision_parameter_counts(request: pytest.Fi
         assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
 
 
-@pytest.mark.parametrize("fixture, name", [("resnet", "resnet18"), ("mobilenet", "mobilenet_v2")])
+@pytest.mark.parametrize("fixture, name", [("resnet", "resnet18"), ("mobilenet", "mobilenet_v2"),
+                                           ("mobilenet_v3", "mobilenet_v3_small")])
 def test_checkpoints_load_into_the_bare_architecture(request: pytest.FixtureRequest, fixture: str,
                                                      name: str) -> None:
     bare = build_model(name, pretrained=False)  # what `model: {zoo: NAME, checkpoint: ...}` builds
     bare.load_state_dict(request.getfixturevalue(fixture).state_dict())
 
 
+def test_mobilenet_v3_has_torchvision_names_and_standard_onnx_activations(mobilenet_v3: nn.Module) -> None:
+    keys = mobilenet_v3.state_dict().keys()
+    assert len(keys) == 244  # torchvision's mobilenet_v3_small state dict
+    assert {"features.1.block.1.fc1.weight", "features.4.block.2.fc2.bias", "features.12.1.running_var",
+            "classifier.3.weight"} <= keys
+    assert {type(m) for m in mobilenet_v3.modules()} >= {nn.Hardswish, nn.Hardsigmoid, nn.AdaptiveAvgPool2d}
+
+
 def test_width_multipliers_scale_channels() -> None:
     assert n_params(ResNet(width=0.5)) < n_params(ResNet()) / 3
     assert n_params(MobileNetV2(width_mult=0.5)) < n_params(MobileNetV2()) / 1.5
+    assert n_params(MobileNetV3(width_mult=0.5)) < n_params(MobileNetV3()) / 2
     with torch.no_grad():
         assert ResNet(num_classes=10, width=0.5)(torch.randn(1, 3, 64, 64)).shape == (1, 10)
         assert MobileNetV2(num_classes=10, width_mult=0.5)(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+        assert MobileNetV3(num_classes=10, width_mult=0.5)(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
 def test_builders_are_deterministic_and_leave_global_rng_alone() -> None:
@@ -95,7 +113,7 @@ def test_synthetic_images_are_seeded_and_normalised() -> None:
     assert abs(a.mean()) < 0.3 and 0.5 < a.std() < 1.5
 
 
-@pytest.mark.parametrize("fixture", ["resnet", "mobilenet"])
+@pytest.mark.parametrize("fixture", ["resnet", "mobilenet", "mobilenet_v3"])
 def test_synthetic_fidelity_task_is_not_degenerate(request: pytest.FixtureRequest, fixture: str) -> None:
     model = request.getfixturevalue(fixture)
     with warnings.catch_warnings():

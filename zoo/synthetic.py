@@ -1,4 +1,4 @@
-"""Synthetic ImageNet-shaped data for models without real weights or data (ResNet-18, MobileNetV2).
+"""Synthetic ImageNet-shaped data for models without real weights or data (ResNet-18, MobileNets).
 
 No ImageNet images or weights can be downloaded here, so the CNNs have random weights and the data
 is random. Only fidelity (cosine to the uncompressed model's logits) means anything then, and only if

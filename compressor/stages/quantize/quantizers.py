@@ -215,6 +215,29 @@ def quantize_module(module: nn.Module, weight: TensorQuantizer | None,
     return module
 
 
+@torch.no_grad()
+def snap_biases(model: nn.Module) -> int:
+    """Round the bias of every int8 Q/DQ layer to the int32 grid ONNX Runtime gives it; returns the count.
+
+    ONNX Runtime stores a float bias beside Q/DQ inputs as int32 with scale input scale x weight
+    scale when it loads the file (``WeightBiasQuantization``, export/qdq_graph.py). The rounded
+    bias moves a few outputs across a rounding boundary of the next quantizer, and a deep random
+    network amplifies each such flip (MobileNetV3: cosine 0.96 to PyTorch); on the grid the bias
+    is the same number for PyTorch, ONNX Runtime and TensorRT.
+    """
+    done = 0
+    for layer in model.modules():
+        inp, wq = getattr(layer, "input_quantizer", None), getattr(layer, "weight_quantizer", None)
+        bias = getattr(layer, "bias", None)
+        if bias is None or not all(isinstance(q, TensorQuantizer) and q.enabled and q.bits == 8
+                                   and q.fmt == "int" for q in (inp, wq)) or inp.axis is not None:
+            continue
+        scale = inp.scale.reshape(()) * wq.scale.reshape(-1)
+        bias.copy_(torch.round(bias / scale) * scale)
+        done += 1
+    return done
+
+
 def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
     """Every tensor quantizer in ``model`` by qualified name (shared ones once)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}

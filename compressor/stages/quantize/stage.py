@@ -27,6 +27,7 @@ from compressor.stages.quantize.placement import (FLOAT_BITS, LayerPlan, TensorP
                                                   plan_layers, residual_adds, share_quantizers,
                                                   shared_quantizer_groups, wrap_layers)
 from compressor.stages.quantize.qat import quantization_aware_training
+from compressor.stages.quantize.quantizers import snap_biases
 from compressor.stages.quantize.rounding import round_weights
 from compressor.stages.quantize.sensitivity import quantized_layer_drops
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
@@ -225,12 +226,14 @@ class Quantize(Stage):
         self.record(**state)
         ctx.model = model
         ctx.stage_metrics.update(metrics)
+        snap_biases(model)
         ctx.stage_metrics["ptq_quality"] = ctx.task.evaluate(model)
         if p.mode == "qat" and state["plans"]:
             history = quantization_aware_training(
                 model, ctx.task, p.finetune, teacher=ctx.original, distill=p.distill,
                 temperature=p.temperature, learn_scales=p.learn_scales, seed=ctx.seed)
             ctx.stage_metrics["quality_per_epoch"] = [round(q, 5) for q in history]
+            snap_biases(model)  # training moved them off the grid
         return ctx
 
     @classmethod
