@@ -75,7 +75,7 @@ class Report:
         if self.artifacts:
             lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]
         extras = [(r["stage"], k, v) for r in self.rows for k, v in r.items()
-                  if k in ("parity", "quality_per_epoch", "details")]
+                  if k in ("parity", "quality_per_epoch", "details", "placement")]
         if extras:
             lines += ["## Stage details", ""] + [f"- {s} {k}: `{v}`" for s, k, v in extras] + [""]
         if (Path(self.run_dir) / "report.png").exists():

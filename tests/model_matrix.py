@@ -108,7 +108,9 @@ def pipeline(family: Family) -> list[dict[str, Any]]:
     distill: dict[str, Any] = {"finetune": QUICK}
     if family.relations:
         distill["attention"] = {"weight": 1.0, "relations": family.relations, "relation_heads": 2}
-    return [*family.prune, {"distill": distill}, {"quantize": {"activations": {"observer": "minmax"}}},
+    # placement: all: the matrix checks that every layer exports as int8, whatever pays on this CPU
+    quantize = {"activations": {"observer": "minmax"}, "placement": "all"}
+    return [*family.prune, {"distill": distill}, {"quantize": quantize},
             {"export": {"formats": ["onnx"], "latency": False, "parity": {"samples": 8}}}]
 
 

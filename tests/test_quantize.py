@@ -358,7 +358,8 @@ def _file_weights(path: str) -> list[np.ndarray]:
 def test_weight_bits_follow_the_target_and_export_as_integers(tmp_path: Path, target: str, bits: int | None,
                                                                dtype: type, largest: int) -> None:
     weights = {"bits": bits} if bits else {}
-    report = compressor.run(_recipe([{"quantize": {"weights": weights, "activations": {"observer": "minmax"}}},
+    report = compressor.run(_recipe([{"quantize": {"weights": weights, "activations": {"observer": "minmax"},
+                                                   "placement": "all"}},
                                      {"export": {"simplify": False}}], target=target), run_dir=tmp_path / "run")
     stored = _file_weights(report.artifacts["onnx"])
     assert stored and all(w.dtype == dtype for w in stored)

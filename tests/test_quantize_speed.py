@@ -12,7 +12,10 @@ import yaml
 import compressor
 from compressor.checkpoint import restore
 from compressor.cli import main
+from compressor.export.ort_kernels import host_cpu
+from compressor.export.targets import get_target
 from compressor.stages.quantize import speed
+from compressor.stages.quantize.stage import QuantizeParams
 from compressor.zoo import build_model
 
 
@@ -72,3 +75,30 @@ def test_a_tensorrt_target_is_refused_in_one_line(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "quantize.placement: speed times ONNX Runtime; target 'jetson-orin' runs tensorrt" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("target, quantize, times", [
+    ("cpu-x86", {}, True),                                      # the default: measured
+    ("cpu-x86", {"placement": "all"}, False),                   # today's behaviour, asked for
+    ("cpu-x86", {"weights": {"bits": 4}}, False),               # low bits are asked for size
+    ("cpu-x86", {"mode": "qat"}, False),
+    ("cpu-x86", {"smoothquant": {"alpha": 0.5}}, False),
+    ("cpu-arm64", {}, False),                                   # not this machine's CPU
+    ("jetson-orin", {}, False),                                 # TensorRT picks per layer itself
+], ids=["default", "all", "4-bit", "qat", "smoothquant", "arm64", "tensorrt"])
+def test_auto_placement_times_only_what_this_machine_can_stand_in_for(target: str, quantize: dict,
+                                                                      times: bool) -> None:
+    if host_cpu() != "x86_64":
+        pytest.skip("the cases are written for an x86 machine")
+    assert QuantizeParams(**quantize).times_placement(get_target(target)) is times
+
+
+def test_the_report_shows_which_layers_stayed_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed, "time_onnx", _timings("1 of 4 layers float"))
+    recipe = _recipe()
+    recipe["stages"] = [{"quantize": {}}]  # placement: auto
+    report = compressor.run(recipe, run_dir=tmp_path / "run")
+    kept = report.rows[1]["placement"]["kept_float"]
+    assert len(kept) == 1
+    markdown = (Path(report.run_dir) / "report.md").read_text()
+    assert "quantize placement" in markdown and kept[0] in markdown and "1 of 4 layers float" in markdown

@@ -29,7 +29,7 @@ def _parity(deploy: Path) -> tuple[str, dict[str, float]]:
 
 
 def test_int8_for_onnx_runtime_passes_parity_at_fp32_and_int8(tmp_path: Path) -> None:
-    recipe = {**RECIPE, "stages": [{"quantize": {"activations": {"observer": "minmax"}}}, EXPORT]}
+    recipe = {**RECIPE, "stages": [{"quantize": {"activations": {"observer": "minmax"}, "placement": "all"}}, EXPORT]}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     compressor.deploy(path, out=tmp_path / "fp32")  # the recipe's input model: raises on a parity failure

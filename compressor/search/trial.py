@@ -27,6 +27,9 @@ def configured(recipe: Recipe, variables: list[Variable], values: dict[str, Scal
                cheap: CheapSpec | None = None) -> Recipe:
     """The recipe a trial stands for (what ``best.yaml`` holds): values written in, caps applied."""
     out = load_recipe(apply(recipe, variables, values), trust_code=recipe.trust_code)
+    for spec in out.stages:  # the searched per-layer bits are the placement: no timing in trials
+        if getattr(spec.params, "placement", None) == "auto":
+            spec.params.placement = "all"
     if cheap is not None:
         for params in train_params(out):
             if cheap.epochs is not None:

@@ -229,7 +229,7 @@ def snap_biases(model: nn.Module) -> int:
     for layer in model.modules():
         inp, wq = getattr(layer, "input_quantizer", None), getattr(layer, "weight_quantizer", None)
         bias = getattr(layer, "bias", None)
-        if bias is None or not all(isinstance(q, TensorQuantizer) and q.enabled and q.bits == 8
+        if bias is None or not all(isinstance(q, TensorQuantizer) and q.enabled and q.bits <= 8
                                    and q.fmt == "int" for q in (inp, wq)) or inp.axis is not None:
             continue
         scale = inp.scale.reshape(()) * wq.scale.reshape(-1)

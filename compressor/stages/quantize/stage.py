@@ -16,7 +16,8 @@ from torch import nn
 
 from compressor.context import Context
 from compressor.errors import StageError
-from compressor.export.targets import QUANT_RULES, QuantRules
+from compressor.export.ort_kernels import host_cpu
+from compressor.export.targets import QUANT_RULES, QuantRules, Target
 from compressor.layers import LayerSelection
 from compressor.limits import MAX_ROUNDS, MAX_SAMPLES
 from compressor.stages.base import Stage, StageParams, register_stage
@@ -95,11 +96,14 @@ class QuantizeParams(StageParams, LayerSelection):
     fold_bn: bool = Field(True, description="Fold BatchNorm into the preceding conv first.")
     smoothquant: SmoothQuantParams | None = Field(None, description="SmoothQuant outlier migration.")
     rounding: RoundingParams = Field(default_factory=RoundingParams)
-    placement: Literal["all", "speed"] = Field(
-        "all", description="all: quantize every selected layer. speed (ONNX Runtime targets): time the "
+    placement: Literal["auto", "all", "speed"] = Field(
+        "auto", description="all: quantize every selected layer. speed (ONNX Runtime targets): time the "
         "calibrated model on this machine (at report.latency_batch) with its smallest layers left float "
-        "(none, 1/4, 1/2, 3/4, all) and keep the fastest; for small layers the Q/DQ conversions cost more "
-        "than int8 saves.")
+        "(none, 1/4, 1/2, 3/4, all; depthwise convs float too) and keep the fastest; for small layers the "
+        "Q/DQ conversions cost more than int8 saves. auto: speed for post-training int8 on ONNX Runtime "
+        "targets of this machine's CPU; all for TensorRT (which picks int8 or float per layer itself), "
+        "other CPUs (not measurable here), smoothquant, QAT and weights below 8 bits (asked for size, "
+        "which float layers would not give).")
     keep_float: int = Field(0, ge=0, description="Keep the N layers whose lone quantization costs the "
                                                  "most quality in float (sensitivity-based).")
     sensitivity_samples: PositiveInt = Field(128, le=MAX_SAMPLES, description="Held-out samples for keep_float.")
@@ -110,6 +114,14 @@ class QuantizeParams(StageParams, LayerSelection):
     learn_scales: bool = Field(True, description="QAT: train the scales too (LSQ).")
     distill: float = Field(0.0, ge=0, le=1, description="QAT: weight of distillation from the fp32 model.")
     temperature: float = Field(4.0, gt=0)
+
+    def times_placement(self, target: Target) -> bool:
+        """Whether the stage times int8 against float layers (``placement``) for ``target``: auto
+        needs a target this machine can stand in for (ONNX Runtime on this CPU's architecture)."""
+        return self.placement == "speed" or (
+            self.placement == "auto" and target.runtime == "onnxruntime" and target.cpu == host_cpu()
+            and self.mode == "ptq"
+            and self.smoothquant is None and self.weights.bits in (None, 8) and self.weights.format == "int")
 
     @model_validator(mode="after")
     def _speed_alone(self) -> "QuantizeParams":
@@ -217,7 +229,7 @@ class Quantize(Stage):
 
     def apply(self, ctx: Context) -> Context:
         p: QuantizeParams = self.params
-        float_model = copy.deepcopy(ctx.model) if p.placement == "speed" else None
+        float_model = copy.deepcopy(ctx.model) if p.times_placement(ctx.target) else None
         model, state, metrics = quantize_model(ctx.model, ctx.task, p, rules=ctx.target.rules, log=ctx.log)
         if float_model is not None:
             model, state, chosen = place_for_speed(float_model, model, state, ctx.task, ctx.target,
