@@ -14,6 +14,8 @@ from compressor.checkpoint import restore
 from compressor.cli import main
 from compressor.export.ort_kernels import host_cpu
 from compressor.export.targets import get_target
+from compressor.recipe.loader import load_recipe
+from compressor.search.trial import configured
 from compressor.stages.quantize import speed
 from compressor.stages.quantize.stage import QuantizeParams
 from compressor.zoo import build_model
@@ -102,3 +104,11 @@ def test_the_report_shows_which_layers_stayed_float(tmp_path: Path, monkeypatch:
     assert len(kept) == 1
     markdown = (Path(report.run_dir) / "report.md").read_text()
     assert "quantize placement" in markdown and kept[0] in markdown and "1 of 4 layers float" in markdown
+
+
+def test_search_trials_and_best_yaml_use_the_searched_placement() -> None:
+    """A trial's per-layer bits are its placement: no timing inside it, and ``best.yaml`` says
+    ``placement: all`` so that ``compressor run`` reproduces the trial."""
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "search_digits.yaml")
+    stages = configured(recipe, [], {}).to_dict()["stages"]
+    assert [s["quantize"]["placement"] for s in stages if "quantize" in s] == ["all"]

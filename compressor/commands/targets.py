@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
         adds = {"none": "none", "residual": "the skip input", "both": "both inputs"}[r.residual_adds]
         print(f"{'':<12} quantization: symmetric int8, weights "
               f"{'per channel' if r.per_channel_weights else 'per tensor'}"
-              f"{' in [-127, 127]' if r.narrow_range_weights else ''}, opset >= {r.min_opset}, "
+              f"{' in [-127, 127]' if r.narrow_range_weights else ''}"
+              f"{f', {r.weight_bits}-bit by default' if r.weight_bits != 8 else ''}, opset >= {r.min_opset}, "
               f"float: {', '.join(r.keep_float)}; Q/DQ on residual Adds: {adds}")
         if t.cpu:
             print(f"{'':<12} int8 kernels: ONNX Runtime MatMulIntegerToFloat, "
