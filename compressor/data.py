@@ -44,7 +44,7 @@ def user_task(data: DataSpec, model: nn.Module, seed: int = 0, *, trust_code: bo
         sentences, labels = read_text(data.text, data.max_samples, seed)
         return text_task(model, sentences, name=data.text.name, labels=labels, seed=seed,
                          max_length=int(data.args.get("max_length", 64)), batch_size=data.batch_size,
-                         tokenizer=data.tokenizer, source=f"data.text {data.text}")
+                         tokenizer=data.tokenizer, source=f"data.text {data.text}", augment=data.augment)
     spec = input_spec(model)
     if data.images is not None:
         key = f"data.images {data.images}"

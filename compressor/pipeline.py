@@ -55,6 +55,11 @@ def build_task(recipe: Recipe, original: torch.nn.Module) -> Task:
         if "tokenizer" not in inspect.signature(DATASETS[name].build).parameters:
             raise CompressorError(f"data.tokenizer: dataset {name!r} does not tokenize text")
         args["tokenizer"] = recipe.data.tokenizer
+    if recipe.data.augment is not None:
+        if "augment" not in inspect.signature(DATASETS[name].build).parameters:
+            raise CompressorError(f"data.augment: dataset {name!r} is not text without labels; augmentation "
+                                  "applies to the text datasets (english, docstrings) and data.text")
+        args["augment"] = recipe.data.augment
     return configure_task(DATASETS[name].build(model=original, **args), recipe)
 
 

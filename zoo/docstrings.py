@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.recipe.schema import AugmentSpec
 from compressor.task import Task
 from compressor.zoo.registry import register_dataset
 from compressor.zoo.sentences import everyday_sentences
@@ -87,17 +88,18 @@ def docstring_split(seed: int = 0, samples: int | None = None) -> tuple[list[str
                   "(80/20 split), tokenized with the model's tokenizer; targets: the original model's "
                   "outputs; also reports the everyday-English held-out set")
 def docstrings_task(model: nn.Module | None = None, *, max_length: int = 64, samples: int | None = None,
-                    seed: int = 0, batch_size: int = 64, tokenizer: str | None = None) -> Task:
+                    seed: int = 0, batch_size: int = 64, tokenizer: str | None = None,
+                    augment: AugmentSpec | None = None) -> Task:
     """The docstring sentences as a :func:`compressor.zoo.text.text_task` for ``model``.
 
     64 tokens hold all but one sentence (99% have at most 43 MiniLM tokens; the longer one is
     truncated identically for the reference and the compressed model) at half the cost of 128.
     ``samples`` keeps only the first sentences of the seeded shuffle (and of the held-out everyday
-    set), for quick runs and tests.
+    set), for quick runs and tests; ``augment`` adds augmented training sentences.
     """
     if model is None:
         raise CompressorError("dataset 'docstrings' measures fidelity: it needs the uncompressed model")
     train, val = docstring_split(seed, samples)
     return split_text_task(model, train, val, name="docstrings", max_length=max_length, batch_size=batch_size,
                            tokenizer=tokenizer, source="dataset 'docstrings'",
-                           heldout={"everyday": everyday_sentences()[:samples]})
+                           heldout={"everyday": everyday_sentences()[:samples]}, augment=augment, seed=seed)

@@ -22,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.recipe.schema import AugmentSpec
 from compressor.task import Task
 from compressor.zoo.docstrings import docstring_split
 from compressor.zoo.registry import register_dataset
@@ -145,10 +146,11 @@ def english_corpus() -> dict[str, tuple[str, ...]]:
                   "docstrings and everyday-English sets; targets: the original model's sentence "
                   "embeddings (fidelity)")
 def english_task(model: nn.Module | None = None, *, max_length: int = 128, samples: int | None = None,
-                 seed: int = 0, batch_size: int = 64, tokenizer: str | None = None) -> Task:
+                 seed: int = 0, batch_size: int = 64, tokenizer: str | None = None,
+                 augment: AugmentSpec | None = None) -> Task:
     """Sentences of every register, 10% of each held out, with the original model's embeddings as
     targets. ``samples`` keeps the first sentences of a seeded shuffle of the corpus (and of each
-    held-out set), for quick runs and tests."""
+    held-out set), for quick runs and tests; ``augment`` adds augmented training sentences."""
     rng = np.random.default_rng(seed)
     train: list[str] = []
     val: list[str] = []
@@ -166,4 +168,5 @@ def english_task(model: nn.Module | None = None, *, max_length: int = 128, sampl
     if model is None:
         raise CompressorError("dataset 'english' measures fidelity: it needs the uncompressed model")
     return split_text_task(model, train, val, name="english", max_length=max_length, batch_size=batch_size,
-                           tokenizer=tokenizer, source="dataset 'english'", heldout=heldout)
+                           tokenizer=tokenizer, source="dataset 'english'", heldout=heldout, augment=augment,
+                           seed=seed)

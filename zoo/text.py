@@ -27,7 +27,9 @@ from torch.utils.data import TensorDataset, default_collate
 
 from compressor.errors import DataError
 from compressor.hf import InputSpec, hf_tokenizer, input_spec
+from compressor.recipe.schema import AugmentSpec
 from compressor.task import IGNORE, Task, reference_outputs
+from compressor.zoo.augment import augmented, vocabulary_words
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,7 +42,7 @@ HELDOUT_LENGTH = 128
 def text_task(model: nn.Module, sentences: Sequence[str], *, name: str, labels: Sequence[int] | None = None,
               max_length: int = 64, samples: int | None = None, seed: int = 0, batch_size: int = 64,
               tokenizer: str | Path | None = None, source: str = "data",
-              heldout: Mapping[str, Sequence[str]] | None = None) -> Task:
+              heldout: Mapping[str, Sequence[str]] | None = None, augment: AugmentSpec | None = None) -> Task:
     """``sentences`` (and ``labels``) split 80/20 after a seeded shuffle; ``samples`` keeps the first
     ones of the shuffle (quick runs). ``source`` names the data in errors."""
     if len(sentences) < 2:
@@ -51,16 +53,20 @@ def text_task(model: nn.Module, sentences: Sequence[str], *, name: str, labels: 
     label_parts = None if labels is None else [[int(labels[i]) for i in order[:cut]],
                                                [int(labels[i]) for i in order[cut:]]]
     return split_text_task(model, *parts, name=name, labels=label_parts, max_length=max_length,
-                           batch_size=batch_size, tokenizer=tokenizer, source=source, heldout=heldout)
+                           batch_size=batch_size, tokenizer=tokenizer, source=source, heldout=heldout,
+                           augment=augment, seed=seed)
 
 
 def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], *, name: str,
                     labels: Sequence[Sequence[int]] | None = None, max_length: int = 64, batch_size: int = 64,
                     tokenizer: str | Path | None = None, source: str = "data",
-                    heldout: Mapping[str, Sequence[str]] | None = None) -> Task:
+                    heldout: Mapping[str, Sequence[str]] | None = None, augment: AugmentSpec | None = None,
+                    seed: int = 0) -> Task:
     """A task on sentences already split into ``train`` and ``val`` (``labels``: one list per split).
     ``heldout`` names further sets of other kinds (``Task.heldout``), never trained on; they take the
-    model's own outputs as targets, padded to :data:`HELDOUT_LENGTH` tokens."""
+    model's own outputs as targets, padded to :data:`HELDOUT_LENGTH` tokens. ``augment`` appends
+    augmented sentences (:mod:`compressor.zoo.augment`) to the training split, after the given ones
+    (calibration, which reads the first ones, is unchanged)."""
     spec = input_spec(model) or InputSpec("feature-extraction" if labels is None else "sequence-classification",
                                           "text")
     if spec.modality != "text":
@@ -72,7 +78,12 @@ def split_text_task(model: nn.Module, train: Sequence[str], val: Sequence[str], 
     if labels is not None and spec.kind != "sequence-classification":
         raise DataError(f"{source}: the data has labels, but the model is a {spec.kind} model, not a "
                         "sequence classifier; drop the labels to measure fidelity to the original model")
+    if labels is not None and augment is not None:
+        raise DataError(f"{source}: data.augment adds sentences without labels, but the data has labels; "
+                        "drop data.augment (or the labels, to train towards the original model's outputs)")
     tok = hf_tokenizer(folder, "data.tokenizer" if tokenizer else "model.huggingface")
+    if augment is not None:
+        train = [*train, *augmented(train, vocabulary_words(tok), augment, seed)]
 
     def encode(sentences: Sequence[str], length: int, split_labels: Sequence[int] | None) -> TensorDataset:
         tokens = tok(list(sentences), padding="max_length", truncation=True, max_length=length,

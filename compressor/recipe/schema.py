@@ -58,6 +58,22 @@ class ModelSpec(Strict):
         return self
 
 
+class AugmentSpec(Strict):
+    """Extra training sentences for label-free text tasks, so that trained stages match the original
+    model on more kinds of English than the corpus holds: copies of training sentences with words
+    replaced by whole words of the tokenizer's vocabulary or of other sentences, some spliced from
+    two sentences. Their targets are the original model's outputs, so any input is a valid one."""
+
+    share: float = Field(1.0, gt=0, le=4, description=(
+        "Augmented sentences per training sentence, added to the training split (1: twice the steps per epoch)."))
+    words: float = Field(0.3, ge=0, le=1, description="Share of an augmented sentence's words replaced.")
+    vocabulary: float = Field(0.5, ge=0, le=1, description=(
+        "Share of the replacement words drawn from the tokenizer's vocabulary (frequent words more often); "
+        "the rest come from other training sentences."))
+    splice: float = Field(0.3, ge=0, le=1, description=(
+        "Share of augmented sentences that join the start of one training sentence to the end of another."))
+
+
 class DataSpec(Strict):
     """The data used for fine-tuning, calibration and evaluation: a named dataset or the user's own."""
 
@@ -82,6 +98,8 @@ class DataSpec(Strict):
         "(default: the recipe's folder).")
     tokenizer: Path | None = Field(None, description="A Hugging Face tokenizer folder for text data "
                                                      "(default: the model's folder).")
+    augment: AugmentSpec | None = Field(None, description=(
+        "Text data without labels: add augmented training sentences (see AugmentSpec); default: none."))
     max_samples: PositiveInt = Field(1024, le=MAX_SAMPLES, description=(
         "Samples read from images, tensors, text or a factory (a seeded random subset of larger data; "
         "bounds memory)."))
@@ -96,6 +114,8 @@ class DataSpec(Strict):
         given = [k for k in DATA_SOURCES if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of {', '.join(DATA_SOURCES)} (got {', '.join(given)})")
+        if self.augment is not None and given and given[0] in ("images", "tensors", "factory"):
+            raise ValueError(f"'augment' adds text sentences; it does not apply to {given[0]} data")
         return self
 
 
