@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from recipebench import Prepared, fidelity_cells, prepare, run, table, write_section  # noqa: E402
+from recipebench import Prepared, fidelity_cells, prepare, recipe, run, table, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "codebook.md"
 
@@ -51,7 +51,7 @@ MINILM_FINETUNE = {"epochs": 2, "lr": 1e-4, "dropout": False}
 
 
 def run_config(prepared: Prepared, zoo: str, label: str, params: dict[str, Any], finetune: dict[str, Any],
-               workdir: Path) -> dict[str, Any]:
+               data: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """One pipeline run (codebook + export of both ONNX forms) and every check on its output."""
     import compressor
     from compressor.export.parity import compare
@@ -59,12 +59,12 @@ def run_config(prepared: Prepared, zoo: str, label: str, params: dict[str, Any],
     from compressor.stages.codebook import load_packed, storage
     from compressor.zoo import build_model
 
-    recipe = {"name": label, "model": {"zoo": zoo}, "report": {"latency": "off"}}
+    base = {"name": label, "model": {"zoo": zoo}, "data": data, "report": {"latency": "off"}}
     stages = [{"codebook": {**params, "finetune": finetune}},
               {"export": {"formats": ["onnx", "onnx-codebook"], "simplify": False}}]
     run_dir = workdir / f"{zoo}-{len(list(workdir.iterdir()))}"
     start = time.perf_counter()
-    report = run(recipe, stages, run_dir, prepared)
+    report = run(base, stages, run_dir, prepared)
     seconds = time.perf_counter() - start
     row, export = report.rows[1], report.rows[2]
     model = compressor.load_model(run_dir / "checkpoints" / "01-codebook.pt")
@@ -127,14 +127,18 @@ def _kib(n: int | None) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
-def section(zoo: str, configs: list, finetune: dict[str, Any], metric: str, command: str) -> str:
-    prepared = prepare({"model": {"zoo": zoo}})
+def section(zoo: str, configs: list, finetune: dict[str, Any], metric: str, command: str,
+            data: dict[str, Any] | None = None) -> str:
+    """``data``: the recipes' data section (default: the zoo model's own dataset)."""
+    data = data or {}
+    prepared = prepare({"model": {"zoo": zoo}, "data": data})
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_config(prepared, zoo, label, params, finetune, Path(tmp)) for label, params in configs]
+        rows = [run_config(prepared, zoo, label, params, finetune, data, Path(tmp)) for label, params in configs]
     for r in rows:
         print(r, flush=True)
+    trained_on = f"; data: {data}" if data else ""
     return "\n\n".join([
-        f"Measured by `{command}` (fine-tuning: {finetune}; storage counts every tensor of the "
+        f"Measured by `{command}` (fine-tuning: {finetune}{trained_on}; storage counts every tensor of the "
         "model, fp32 where not clustered; `fp32 / packed file` divides the fp32 weight bytes by "
         "the size of the packed safetensors file, bit-packed indices without entropy coding, "
         "header included; the second table shows what zlib/lzma make of the indices and their "
@@ -212,7 +216,7 @@ def main() -> None:
         rows = "" if args.minilm_rows == len(MINILM) else f" --minilm-rows {args.minilm_rows}"
         write_section(DOC, "codebook-minilm", section(
             "minilm", MINILM[:args.minilm_rows], MINILM_FINETUNE, "fidelity",
-            f".venv/bin/python bench/codebook.py --minilm{rows}"))
+            f".venv/bin/python bench/codebook.py --minilm{rows}", recipe("codebook_minilm.yaml")["data"]))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ def _epochs(row: dict) -> str:
     return " ".join(f"{q:.3f}" for q in row.get("quality_per_epoch", []))
 
 
+def _augmented(recipe_: dict) -> str:
+    augment = recipe_["data"].get("augment")
+    return f" with augmented sentences (`data.augment: {augment}`)" if augment is not None else ""
+
+
 def ffn(tmp: Path) -> str:
     base_recipe = recipe("prune_distill_minilm.yaml")
     prune, distill = base_recipe["stages"][0], base_recipe["stages"][1]
@@ -50,9 +55,9 @@ def ffn(tmp: Path) -> str:
     rows = [[label, *fidelity[label], _size(row, base), _epochs(row)] for label, row in zip(labels, report.rows)]
     return (f"all-MiniLM-L6-v2, FFN 1536 -> 768 in all 6 layers (l2 importance), distilled for {train['epochs']} "
             f"epochs at lr {train['lr']} ({train.get('optimizer', 'adam')}) on the "
-            f"`{base_recipe['data']['dataset']}` corpus; fidelity (mean / 5th percentile of the cosine to "
-            "the original embeddings) on each held-out set, per epoch on the corpus's own held-out split "
-            "(index 0 is before training).\n\n"
+            f"`{base_recipe['data']['dataset']}` corpus{_augmented(base_recipe)}; fidelity (mean / 5th percentile "
+            "of the cosine to the original embeddings) on each held-out set, per epoch on the corpus's own "
+            "held-out split (index 0 is before training).\n\n"
             + table(["model", *columns, "params / MACs", "fidelity per epoch"], rows))
 
 
