@@ -99,7 +99,7 @@ class QuantizeParams(StageParams, LayerSelection):
     placement: Literal["auto", "all", "speed"] = Field(
         "auto", description="all: quantize every selected layer. speed (ONNX Runtime targets): time the "
         "calibrated model on this machine (at report.latency_batch) with its smallest layers left float "
-        "(none, 1/4, 1/2, 3/4, all; depthwise convs float too) and keep the fastest; for small layers the "
+        "(none, 1/4, 1/2, 3/4, all) and keep the fastest; for small layers the "
         "Q/DQ conversions cost more than int8 saves. auto: speed for post-training int8 on ONNX Runtime "
         "targets of this machine's CPU; all for TensorRT (which picks int8 or float per layer itself), "
         "other CPUs (not measurable here), smoothquant, QAT and weights below 8 bits (asked for size, "
@@ -120,8 +120,8 @@ class QuantizeParams(StageParams, LayerSelection):
         needs a target this machine can stand in for (ONNX Runtime on this CPU's architecture)."""
         return self.placement == "speed" or (
             self.placement == "auto" and target.runtime == "onnxruntime" and target.cpu == host_cpu()
-            and self.mode == "ptq"
-            and self.smoothquant is None and self.weights.bits in (None, 8) and self.weights.format == "int")
+            and self.mode == "ptq" and self.smoothquant is None and self.weights.bits in (None, 8)
+            and self.weights.format == "int")
 
     @model_validator(mode="after")
     def _speed_alone(self) -> "QuantizeParams":
