@@ -50,7 +50,8 @@ def test_the_everyday_set_is_shipped_unique_and_not_technical() -> None:
 @pytest.mark.slow
 def test_english_corpus_mixes_registers_and_never_holds_a_held_out_sentence() -> None:
     corpus = english_corpus()
-    assert set(corpus) == {"docstrings", "python reference", "package readmes", "licenses", "dataset descriptions"}
+    assert set(corpus) == {"docstrings", "python reference", "package readmes", "licenses", "dataset descriptions",
+                           "dialogues"}
     assert all(len(sentences) >= 50 for sentences in corpus.values()), {k: len(v) for k, v in corpus.items()}
     everything = [s for sentences in corpus.values() for s in sentences]
     assert len(everything) == len(set(everything)) > 3000
