@@ -16,7 +16,6 @@ from compressor.export.onnx import export_onnx
 from compressor.export.qdq_rules import check_trt
 from compressor.export.runtime import ort_session
 from compressor.layers import LayerSelection
-from compressor.zoo.resnet import BasicBlock
 from compressor.stages.quantize import TensorQuantizer, quantizers
 from compressor.stages.quantize.bnfold import find_conv_bn_pairs, fold_batchnorm
 from compressor.stages.quantize.calibrate import calibrate
@@ -26,6 +25,7 @@ from compressor.stages.quantize.placement import (TensorPlan, insert_add_quantiz
                                                    shared_quantizer_groups, wrap_layers)
 from compressor.stages.quantize.rounding import comq_round
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
+from compressor.zoo.resnet import BasicBlock
 
 
 def op_counts(path: Path, optimized: bool = False) -> Counter:
