@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.errors import ExportError
-from compressor.export.ort_kernels import host_cpu, integer_matmuls, unsigned_weights
+from compressor.export.ort_kernels import host_cpu, integer_matmuls, unsigned_activations, unsigned_weights
 from compressor.export.qdq_graph import optimize_qdq
 from compressor.export.runtime import check_loads
 
@@ -75,6 +75,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str 
             x86 = (cpu or host_cpu()) == "x86_64"
             integer_matmuls(proto, unsigned_activations=x86)
             if x86:
+                unsigned_activations(proto.graph)
                 unsigned_weights(proto.graph)
         set_metadata(proto, {**(metadata or {}), "precision": "int8" if has_qdq(proto) else "fp32"})
         save_onnx(proto, path, external_data_mb=external_data_mb)

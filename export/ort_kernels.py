@@ -9,7 +9,8 @@ one node and one pass over the output per Linear: 18 in MiniLM-L6 (bench/quantiz
 Writing the kernel means doing what ORT's own Q/DQ fusion would have done around it:
 - on x86 the activations become uint8 with zero point 128 (the same values: q + 128): ORT's x86
   GEMMs take uint8 activations (its s8s8 GEMM has no AVX2 kernel: MiniLM ran 2.5-4x slower than
-  fp32 with it). ARM keeps int8;
+  fp32 with it). ARM keeps int8. :func:`unsigned_activations` does the same for every other
+  activation Q/DQ pair (convolutions), so that no Conv sees two types;
 - on x86, 8-bit weights of those kernels become uint8 too (w + 128, zero point + 128: the same
   values), so ORT runs its u8u8 GEMM. Its u8s8 GEMM, what ORT picks for int8 weights, multiplies
   with ``vpmaddubsw`` on AVX2 and AVX-512 CPUs without VNNI, which adds two uint8 x int8 products
@@ -181,15 +182,54 @@ def unsigned_weights(graph: onnx.GraphProto) -> int:
             continue
         for slot in pair:
             name = node.input[slot]
-            if name not in converted:
-                converted[name] = name + "_uint8"
-                shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
-                graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), converted[name]))
-            node.input[slot] = converted[name]
+            converted[name] = node.input[slot] = _shifted(graph, inits, name)
     read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for init in [i for i in graph.initializer if i.name in converted and i.name not in read]:
         graph.initializer.remove(init)
     return sum(1 for name in converted if len(inits[name].dims) > 1)
+
+
+def unsigned_activations(graph: onnx.GraphProto) -> int:
+    """x86: every int8 activation Q and the DQs reading it become uint8 (zero point + 128: the same
+    values); returns the count of Qs.
+
+    ONNX Runtime converts int8 activations to uint8 itself when it fuses a Conv (its x86 kernels
+    take uint8), but not where a Q feeds several DQs (a residual fork) or an unfused op, and a Conv
+    whose input and output Q ended up with different types stays a float Conv between Q/DQ pairs:
+    MobileNetV2 kept 16 of its 52 convs float that way. Written in the file, every pair has one type.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    readers = _readers(graph)
+    shifted: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in inits or len(q.input) < 3 \
+                or q.input[2] not in inits or inits[q.input[2]].data_type != TensorProto.INT8:
+            continue
+        dqs = readers[q.output[0]]
+        if not dqs or any(d.op_type != "DequantizeLinear" or d.input[0] != q.output[0] or len(d.input) < 3
+                          or d.input[2] not in inits for d in dqs):
+            continue
+        for node in (q, *dqs):
+            name = node.input[2]
+            shifted[name] = node.input[2] = _shifted(graph, inits, name)
+        nodes.append(q)
+    _forget_types(graph, {q.output[0] for q in nodes})
+    read = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name in shifted and i.name not in read]:
+        graph.initializer.remove(init)
+    return len(nodes)
+
+
+def _shifted(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], name: str) -> str:
+    """The uint8 copy (+128) of the int8 initializer ``name``, added once: a scalar zero point may
+    serve activations and weights alike."""
+    target = name + "_uint8"
+    if target not in inits:
+        values = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+        inits[target] = numpy_helper.from_array(values.astype(np.uint8), target)
+        graph.initializer.append(inits[target])
+    return target
 
 
 def _quantized_path(tensor: str, readers: dict[str, list[onnx.NodeProto]]) -> set[str]:

@@ -23,13 +23,14 @@ passes turn that into one graph that TensorRT parses and ONNX Runtime runs as in
   classifier dequantizing its whole weight matrix at every run; without the bias it runs as
   QGemm with float output;
 - ``requantize_before`` (ONNX Runtime): with zero point 0, Q(Relu(x)) == Q(Relu(DQ(Q(x)))), so a
-  copy of the Q/DQ pair above each Relu/MaxPool changes no value and gives the Conv/Add before it
-  the output Q that fusion needs (TensorRT fuses Conv+Relu itself; not applied there);
-- ``split_shared_qdq`` (ONNX Runtime): a tensor read by several ops (a residual fork) gets one
-  Q/DQ pair per reader, each with its own copy of the scale: ONNX Runtime fuses a Conv into
-  QLinearConv only when its input pair is private, and merges pairs with the same scale
-  initializer. On ResNet-18 this turns 9 of 20 convs into QLinearConv -> all 20
-  (bench/quantization.py measures the latency);
+  copy of the Q/DQ pair above each Relu/Clip/MaxPool changes no value and gives the Conv/Add before
+  it the output Q that fusion needs (TensorRT fuses Conv+Relu itself; not applied there). Without
+  it a Conv -> ReLU6 (Clip) -> Q kept float weights, which ONNX Runtime requantized per tensor:
+  MobileNetV2's depthwise convs lost the int8 parity (cosine 0.86);
+- ``split_shared_qdq`` (ONNX Runtime): a tensor read by several ops (a residual fork) keeps one
+  Q and gets one DQ per reader, each with its own copy of the scale: ONNX Runtime fuses a Conv
+  into QLinearConv only when its input DQ is private, and its producer only when one Q reads it
+  (a Q per reader left MobileNetV2's project convs, whose outputs fork, in float);
 - ``dequantize_unfused_conv_weights`` (ONNX Runtime): a Conv whose output is not quantized (the
   last conv before a float pooling) cannot become QLinearConv, and ONNX Runtime does not
   constant-fold a DequantizeLinear, so it dequantized and repacked that conv's weights at every
@@ -52,8 +53,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-#: Ops that commute with symmetric (zero point 0) quantization.
-COMMUTING_OPS = ("Relu", "MaxPool")
+#: Ops that commute with symmetric (zero point 0) quantization: monotone and, where they clamp, by
+#: constant bounds (round(min(q, b)) == min(q, round(b)) for an integer q).
+COMMUTING_OPS = ("Relu", "Clip", "MaxPool")
 
 
 def optimize_qdq(model: onnx.ModelProto, *, runtime: str = "onnxruntime",
@@ -309,9 +311,9 @@ def dequantize_unfused_conv_weights(model: onnx.ModelProto) -> int:
 
 
 def requantize_before(model: onnx.ModelProto) -> int:
-    """Give each Relu/MaxPool that feeds a QuantizeLinear (zero point 0) a Q/DQ pair on its input.
+    """Give each Relu/Clip/MaxPool that feeds a QuantizeLinear (zero point 0) a Q/DQ pair on its input.
 
-    With zero point 0, Q(Relu(x)) == Q(Relu(DQ(Q(x)))) exactly (same for MaxPool), so the copy
+    With zero point 0, Q(Relu(x)) == Q(Relu(DQ(Q(x)))) exactly (same for Clip and MaxPool), so the copy
     changes no value; it gives the producing Conv/Add the output Q that ONNX Runtime needs to fuse
     QLinearConv/QLinearAdd, as ONNX Runtime's own quantizer places them.
     """
@@ -347,7 +349,7 @@ def requantize_before(model: onnx.ModelProto) -> int:
 
 
 def split_shared_qdq(model: onnx.ModelProto) -> int:
-    """One private Q/DQ pair (with its own scale/zero-point initializers) per reader of a tensor."""
+    """One private DQ (with its own scale/zero-point initializers) per reader of a quantized tensor."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -368,16 +370,13 @@ def split_shared_qdq(model: onnx.ModelProto) -> int:
                 copy.name = name + tag
                 graph.initializer.append(copy)
                 params.append(copy.name)
-            q2 = helper.make_node("QuantizeLinear", [q.input[0], *params], [q.output[0] + tag],
-                                  name=(q.name or "Q") + tag)
-            dq2 = helper.make_node("DequantizeLinear", [q2.output[0], *params], [dq.output[0] + tag],
+            dq2 = helper.make_node("DequantizeLinear", [q.output[0], *params], [dq.output[0] + tag],
                                    name=(dq.name or "DQ") + tag)
-            q2.attribute.extend(q.attribute)
             dq2.attribute.extend(dq.attribute)
             for k, name in enumerate(reader.input):
                 if name == dq.output[0]:
                     reader.input[k] = dq2.output[0]
-            nodes += [q2, dq2]
+            nodes.append(dq2)
     _replace_nodes(graph, nodes)
     return added
 
