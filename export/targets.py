@@ -39,6 +39,11 @@ class QuantRules:
     #: overflow and 7-bit ones cannot (ORT's ``reduce_range``); 8-bit weights there run the exact
     #: but slower u8u8 kernels (export/ort_kernels.py).
     weight_bits: int = 8
+    #: Activations that calibration never saw negative (after ReLU, ReLU6, Sigmoid) get the unsigned
+    #: grid [0, 255] (uint8, zero point 0): twice the resolution of half an int8 grid, and ONNX
+    #: Runtime's x86 kernels take uint8 activations, so it drops the ReLU/Clip before each Q too.
+    #: Off for TensorRT (int8 only) and ARM (ORT's ARM kernels take int8 activations).
+    unsigned_activations: bool = False
 
     def keeps_float(self, *op_types: str) -> bool:
         """Whether any of ``op_types`` (the ONNX ops a layer exports as) must stay float."""
@@ -57,7 +62,7 @@ QUANT_RULES: dict[str, QuantRules] = {r.name: r for r in (
     QuantRules("tensorrt", narrow_range_weights=True, per_channel_weights=True, min_opset=13,
                keep_float=("Softmax", "LayerNormalization"), residual_adds="residual"),
     _ORT_CPU,
-    replace(_ORT_CPU, name="ort-x86", weight_bits=7),
+    replace(_ORT_CPU, name="ort-x86", weight_bits=7, unsigned_activations=True),
 )}
 
 

@@ -108,6 +108,28 @@ def test_int4_and_fp8_grids_and_lsq_gradient() -> None:
     assert "scale" in dict(q4.named_buffers())
 
 
+def test_only_activations_never_negative_get_the_unsigned_grid() -> None:
+    relu_out, signed = torch.rand(4000) * 6, torch.randn(4000)
+    for x, unsigned in ((relu_out, True), (signed, False)):
+        q = TensorQuantizer(8, observer="minmax")
+        q.start_calibration()
+        q(x)
+        q.load_calibration(unsigned_if_nonnegative=True)
+        assert q.unsigned is unsigned and (q.qmin, q.qmax) == ((0, 255) if unsigned else (-128, 127))
+        levels = torch.round(q(x) / q.scale)
+        assert levels.min() >= q.qmin and levels.abs().max() == q.qmax  # min-max: the largest |x| on the top level
+    # a weight (per channel) and an 8-bit grid not asked for stay signed
+    w = TensorQuantizer(8, axis=0, channels=4, narrow=True)
+    w.start_calibration()
+    w(torch.rand(4, 9))
+    w.load_calibration(unsigned_if_nonnegative=True)
+    plain = TensorQuantizer(8, observer="minmax")
+    plain.start_calibration()
+    plain(relu_out)
+    plain.load_calibration()
+    assert not w.unsigned and not plain.unsigned
+
+
 @pytest.mark.parametrize("name", ["minmax", "percentile", "mse", "entropy"])
 def test_observers_clip_outliers_except_minmax(name: str) -> None:
     torch.manual_seed(0)
@@ -227,6 +249,31 @@ def test_relu6_convs_keep_per_channel_int8_weights_and_fuse_for_ort(tmp_path: Pa
     assert op_counts(path, optimized=True)["QLinearConv"] == 2
     out = ort_session(path).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_unsigned_activations_on_x86_restore_and_let_ort_drop_the_relus(tmp_path: Path) -> None:
+    # cpu-x86: every activation after a ReLU calibrates to uint8 with zero point 0, so ONNX Runtime
+    # removes the ReLU before each Q (its output is already >= 0) and fuses what is left
+    report = compressor.run(_recipe([{"quantize": {"activations": {"observer": "minmax"}, "placement": "all"}},
+                                     {"export": {"simplify": False}}]), run_dir=tmp_path / "run")
+    ckpt = Path(report.run_dir) / "checkpoints" / "01-quantize.pt"
+    restored = compressor.load_model(ckpt)
+    acts = {n: q for n, q in quantizers(restored).items() if q.axis is None}
+    assert acts and all(q.unsigned for q in acts.values()), {n: q.unsigned for n, q in acts.items()}
+    path = Path(report.artifacts["onnx"])
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    zeros = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zeros and all(z.dtype == np.uint8 and int(z) == 0 for z in zeros)
+    fused = op_counts(path, optimized=True)
+    assert fused["Relu"] == 0 and fused["QLinearConv"] == 2, fused
+    x = torch.rand(32, 1, 8, 8)
+    session = ort_session(path)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    expected = restored(x).detach().numpy().ravel()
+    cosine = float(np.dot(out.ravel(), expected) / np.linalg.norm(out) / np.linalg.norm(expected))
+    assert cosine > 0.999
 
 
 def test_tensorrt_export_quantizes_the_residual_and_follows_the_rules(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ def calibrate_weights(model: nn.Module) -> None:
 
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, batches: Iterable[tuple[Tensor, ...]], *,
-                          total: int | None = None, desc: str = "calibrate") -> int:
+                          total: int | None = None, desc: str = "calibrate", unsigned: bool = False) -> int:
     """Run ``batches`` through ``model`` with activation observers on; returns samples seen.
+    ``unsigned``: activations never seen negative take the unsigned grid (``QuantRules``).
 
     Weight quantizers stay active meanwhile, so each activation range is the one the quantized
     model produces (the error of earlier layers is part of what later layers see).
@@ -42,7 +43,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable[tuple[Tensor, ...]
             seen += len(inputs[0])
     finally:
         for q in acts:
-            q.load_calibration()
+            q.load_calibration(unsigned_if_nonnegative=unsigned)
         model.train(was_training)
     return seen
 

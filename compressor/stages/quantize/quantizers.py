@@ -52,6 +52,10 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32), persistent=False)
         self.calibrating = False
         self.enabled = True
+        #: The unsigned grid [0, 2^bits - 1] (zero point 0): set by ``load_calibration`` for an
+        #: activation that was never negative; exports as a uint8 Q/DQ pair.
+        self.unsigned = False
+        self._saw_negative = False
         self.observer: Observer | None = None
         #: Per-channel (last dim) factors applied before quantizing (SmoothQuant); None: off.
         self.register_buffer("smooth", None)
@@ -66,10 +70,12 @@ class TensorQuantizer(nn.Module):
         """Largest representable magnitude on the integer (or fp8) grid."""
         if self.fmt == "fp8":
             return FP8_E4M3_MAX
-        return float(2 ** (self.bits - 1) - 1)
+        return float(2 ** self.bits - 1) if self.unsigned else float(2 ** (self.bits - 1) - 1)
 
     @property
     def qmin(self) -> int:
+        if self.unsigned:
+            return 0
         return -int(self.qmax) if self.narrow else -int(self.qmax) - 1
 
     def set_amax(self, amax: Tensor) -> None:
@@ -82,11 +88,14 @@ class TensorQuantizer(nn.Module):
 
     def start_calibration(self) -> None:
         self.observer = make_observer(self.observer_name, self.axis, **self.observer_args)
-        self.calibrating = True
+        self.calibrating, self.unsigned, self._saw_negative = True, False, False
 
-    def load_calibration(self) -> None:
-        """Set the scale from what the observer saw and stop observing."""
+    def load_calibration(self, *, unsigned_if_nonnegative: bool = False) -> None:
+        """Set the scale from what the observer saw and stop observing. ``unsigned_if_nonnegative``:
+        a per-tensor 8-bit integer quantizer that saw no negative value takes the unsigned grid."""
         if self.observer is not None and self.observer.ready:
+            self.unsigned = (unsigned_if_nonnegative and not self._saw_negative and self.axis is None
+                             and self.fmt == "int" and self.bits == 8 and self.smooth is None)
             self.set_amax(self.observer.amax(self.qmax))
         self.observer, self.calibrating = None, False
 
@@ -121,6 +130,7 @@ class TensorQuantizer(nn.Module):
         if self.calibrating:
             assert self.observer is not None
             self.observer.update(x.detach())
+            self._saw_negative = self._saw_negative or bool((x < 0).any())
             return x
         if self.bits <= 8 and self.fmt == "int" and not isinstance(self.scale, nn.Parameter):
             if self.bits < 8 or (self.narrow and not torch.onnx.is_in_onnx_export()):
@@ -130,8 +140,9 @@ class TensorQuantizer(nn.Module):
                 scale = self._broadcast(self.scale, x)
                 x = torch.maximum(torch.minimum(x, self.qmax * scale), self.qmin * scale)
             if self.axis is None:
+                low, high = (0, 255) if self.unsigned else (-128, 127)
                 return torch.fake_quantize_per_tensor_affine(
-                    x, self.scale.reshape(()), self.zero_point.reshape(()), -128, 127)
+                    x, self.scale.reshape(()), self.zero_point.reshape(()), low, high)
             return torch.fake_quantize_per_channel_affine(
                 x, self.scale, self.zero_point, self.axis, -128, 127)
         scale = self._broadcast(self.scale.clamp_min(1e-12), x)
@@ -146,7 +157,7 @@ class TensorQuantizer(nn.Module):
         return self.scale.numel() * 32
 
     def extra_repr(self) -> str:
-        kind = "fp8-e4m3" if self.fmt == "fp8" else f"int{self.bits}"
+        kind = "fp8-e4m3" if self.fmt == "fp8" else f"{'u' if self.unsigned else ''}int{self.bits}"
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
         state = " calibrating" if self.calibrating else ("" if self.enabled else " disabled")
         return f"{kind} {where}{' narrow' if self.narrow else ''}{state}"
@@ -241,6 +252,19 @@ def snap_biases(model: nn.Module) -> int:
 def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
     """Every tensor quantizer in ``model`` by qualified name (shared ones once)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def unsigned_quantizers(model: nn.Module) -> list[str]:
+    """Names of the quantizers on the unsigned grid (a quantize stage's state, replayed by
+    :func:`make_unsigned`)."""
+    return [name for name, q in quantizers(model).items() if q.unsigned]
+
+
+def make_unsigned(model: nn.Module, names: list[str]) -> None:
+    """Put the named quantizers of a restored model back on the unsigned grid (before its scales load)."""
+    found = quantizers(model)
+    for name in names:
+        found[name].unsigned = True
 
 
 def _count_macs_like_base() -> None:

@@ -23,6 +23,7 @@ from compressor.export.bench import interleaved, ort_runner
 from compressor.export.onnx import export_onnx
 from compressor.export.targets import Target
 from compressor.stages.quantize.placement import shared_quantizer_groups
+from compressor.stages.quantize.quantizers import unsigned_quantizers
 from compressor.task import Task
 
 #: Shares of the quantized layers (smallest first) tried as float.
@@ -96,10 +97,11 @@ def place_for_speed(float_model: nn.Module, quantized: nn.Module, state: dict[st
         + ", ".join(f"{k} {v:.3f} ms" for k, v in latency.items() if k != best) + ")")
     model = build(best)
     if best == ALL_FLOAT:
-        return model, {**state, "pairs": [], "sites": [], "plans": {}, "ties": [], "smoothed": []}, metrics
+        return model, {**state, "pairs": [], "sites": [], "plans": {}, "ties": [], "smoothed": [],
+                       "unsigned": []}, metrics
     plans = {n: plan for n, plan in state["plans"].items() if n not in kept}
     ties = shared_quantizer_groups(model, task.example_inputs(2))
-    return model, {**state, "plans": plans, "ties": ties}, metrics
+    return model, {**state, "plans": plans, "ties": ties, "unsigned": unsigned_quantizers(model)}, metrics
 
 
 def time_onnx(paths: dict[str, Path], inputs: tuple[Tensor, ...], threads: int | None) -> dict[str, float]:

@@ -28,7 +28,7 @@ from compressor.stages.quantize.placement import (FLOAT_BITS, LayerPlan, TensorP
                                                   plan_layers, residual_adds, share_quantizers,
                                                   shared_quantizer_groups, wrap_layers)
 from compressor.stages.quantize.qat import quantization_aware_training
-from compressor.stages.quantize.quantizers import snap_biases
+from compressor.stages.quantize.quantizers import make_unsigned, snap_biases, unsigned_quantizers
 from compressor.stages.quantize.rounding import round_weights
 from compressor.stages.quantize.sensitivity import quantized_layer_drops
 from compressor.stages.quantize.smoothquant import input_channel_max, smooth, smooth_groups
@@ -176,10 +176,11 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *,
                           p.smoothquant.alpha, p.smoothquant.min_outlier_ratio)
         metrics["smoothed_tensors"] = len(smoothed)
     calibrate_weights(model)
-    metrics["calibration_samples"] = calibrate_activations(model, batches(), total=n_batches)
+    unsigned = rules.unsigned_activations
+    metrics["calibration_samples"] = calibrate_activations(model, batches(), total=n_batches, unsigned=unsigned)
     if p.rounding.method == "comq":
         metrics["comq_layers"] = len(round_weights(model, batches(), sweeps=p.rounding.sweeps))
-        calibrate_activations(model, batches(), total=n_batches, desc="recalibrate")
+        calibrate_activations(model, batches(), total=n_batches, desc="recalibrate", unsigned=unsigned)
 
     if p.keep_float:
         drops = quantized_layer_drops(model, task, samples=p.sensitivity_samples)
@@ -193,7 +194,7 @@ def quantize_model(model: nn.Module, task: Task, p: QuantizeParams, *,
     ties = shared_quantizer_groups(model, example)
     state = {"pairs": [list(x) for x in pairs], "sites": [list(x) for x in sites],
              "act": None if act is None else vars(act), "plans": {n: pl.to_dict() for n, pl in plans.items()},
-             "ties": ties, "smoothed": smoothed}
+             "ties": ties, "smoothed": smoothed, "unsigned": unsigned_quantizers(model)}
     metrics["quantized_layers"] = len(plans)
     return model, state, metrics
 
@@ -219,6 +220,7 @@ def restore_quantized(model: nn.Module, state: dict[str, Any]) -> nn.Module:
         q = model.get_submodule(name)
         layer = next(m for m in model.modules() if getattr(m, "input_quantizer", None) is q)
         q.enable_smoothing(layer.weight.shape[1])
+    make_unsigned(model, state.get("unsigned", []))  # absent from checkpoints older than the grid
     return model
 
 
