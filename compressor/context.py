@@ -50,6 +50,8 @@ class Context:
     stage_metrics: dict[str, Any] = field(default_factory=dict)
     #: Seed of the current stage (derived from the recipe seed and the stage index).
     seed: int = 0
+    #: Quality of the uncompressed model (the report's first row): what ``eval.max_drop`` counts from.
+    baseline_quality: float | None = None
 
     def model_before(self, stage_name: str) -> nn.Module:
         """A fresh copy of the model as it was before stage ``stage_name`` ran."""

@@ -151,6 +151,7 @@ class Pipeline:
                 state["baseline"]["fidelity_baselines"] = fidelity_baselines(task, original)
             self._save_state(state)
         baseline = state["baseline"]
+        ctx.baseline_quality = baseline["quality"]
 
         finished = {s["name"]: s for s in state["stages"] if s["status"] == "done"}
         last_ckpt = None

@@ -18,6 +18,7 @@ from compressor.recipe.loader import load_recipe
 from compressor.search.trial import configured
 from compressor.stages.quantize import speed
 from compressor.stages.quantize.stage import QuantizeParams
+from compressor.task import Task
 from compressor.zoo import build_model
 
 
@@ -52,6 +53,23 @@ def test_the_fastest_variant_is_kept_and_its_float_layers_are_the_smallest(tmp_p
     restored = restore(Path(report.run_dir) / "checkpoints" / "01-quantize.pt")
     assert _quantized(restored) == set(layers) - set(placement["kept_float"])
     assert report.rows[1]["quantized_layers"] == 2
+
+
+def test_a_faster_variant_below_the_max_drop_floor_is_passed_over(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer quantized layers are slower here and lose less: each quantized layer costs 0.1 of
+    quality, the budget allows 0.25, so the fastest variant within it keeps two layers float."""
+    monkeypatch.setattr(speed, "time_onnx", lambda paths, inputs, threads: {
+        label: float(i) for i, label in enumerate(paths)})  # 0 of 4 float fastest ... all float slowest
+    monkeypatch.setattr(Task, "evaluate",
+                        lambda self, model, limit=None, split="val": 1.0 - 0.1 * len(_quantized(model)))
+    recipe = {**_recipe(), "eval": {"max_drop": 0.25}}
+    report = compressor.run(recipe, run_dir=tmp_path / "run")
+    placement = report.rows[1]["placement"]
+    assert placement["chosen"] == "2 of 4 layers float"
+    assert placement["over_max_drop"] == {"0 of 4 layers float": 0.6, "1 of 4 layers float": 0.7}
+    assert report.rows[1]["quality"] == pytest.approx(0.8) and "over_budget" not in report.rows[1]
+    assert "over_max_drop" in (Path(report.run_dir) / "report.md").read_text()
 
 
 def test_when_no_int8_variant_pays_the_model_stays_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

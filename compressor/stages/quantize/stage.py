@@ -99,8 +99,9 @@ class QuantizeParams(StageParams, LayerSelection):
     placement: Literal["auto", "all", "speed"] = Field(
         "auto", description="all: quantize every selected layer. speed (ONNX Runtime targets): time the "
         "calibrated model on this machine (at report.latency_batch) with its smallest layers left float "
-        "(none, 1/4, 1/2, 3/4, all) and keep the fastest; for small layers the "
-        "Q/DQ conversions cost more than int8 saves. auto: speed for post-training int8 on ONNX Runtime "
+        "(none, 1/4, 1/2, 3/4, all) and keep the fastest whose quality is within eval.max_drop (post-training "
+        "mode); for small layers the Q/DQ conversions cost more than int8 saves. auto: speed for post-training "
+        "int8 on ONNX Runtime "
         "targets of this machine's CPU; all for TensorRT (which picks int8 or float per layer itself), "
         "other CPUs (not measurable here), smoothquant, QAT and weights below 8 bits (asked for size, "
         "which float layers would not give).")
@@ -234,8 +235,12 @@ class Quantize(Stage):
         float_model = copy.deepcopy(ctx.model) if p.times_placement(ctx.target) else None
         model, state, metrics = quantize_model(ctx.model, ctx.task, p, rules=ctx.target.rules, log=ctx.log)
         if float_model is not None:
+            max_drop = ctx.recipe.eval.max_drop
+            floor = (ctx.baseline_quality - max_drop  # QAT may win back what PTQ loses: no floor before it
+                     if max_drop is not None and ctx.baseline_quality is not None and p.mode == "ptq" else None)
             model, state, chosen = place_for_speed(float_model, model, state, ctx.task, ctx.target,
-                                                   batch=ctx.recipe.report.latency_batch, log=ctx.log)
+                                                   batch=ctx.recipe.report.latency_batch, floor=floor,
+                                                   log=ctx.log)
             metrics.update(chosen, quantized_layers=len(state["plans"]))
         self.record(**state)
         ctx.model = model
