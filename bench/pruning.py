@@ -1,10 +1,12 @@
 """Pruning figures for docs/pruning.md, all measured in one run of this script.
 
-    .venv/bin/python bench/pruning.py [--only digits,importance,latency,sparse]
+    .venv/bin/python bench/pruning.py [--only digits,importance,ffn_importance,latency,sparse]
 
 - digits: digits_cnn at 50% channels: pruned alone, then fine-tuning or distillation with the same
   epochs and learning rate (recipes/prune_distill_digits_cnn.yaml).
 - importance: each criterion at 50% on digits_cnn, right after pruning and after 2 epochs.
+- ffn_importance: MiniLM with half of every FFN removed by each criterion, before any training:
+  fidelity on every held-out set.
 - latency: resnet18 / mobilenet_v2 shapes at 50% channels: params, MACs and ONNX Runtime latency
   against the unpruned model, timed interleaved in this process (medians, ratios).
 - sparse: unstructured and 2:4 sparsity on digits_cnn: accuracy, sparse storage, ONNX 2:4 check.
@@ -19,7 +21,7 @@ import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from recipebench import last_checkpoint, main, recipe, run, table  # noqa: E402
+from recipebench import heldout_fidelity, last_checkpoint, main, prepare, recipe, run, table  # noqa: E402
 
 import compressor  # noqa: E402
 from compressor.export.bench import compare_onnx  # noqa: E402
@@ -64,6 +66,23 @@ def importance(tmp: Path) -> str:
         rows.append([criterion, f"{report.rows[1]['quality']:.4f}", f"{report.rows[2]['quality']:.4f}"])
     return ("Importance criteria on digits_cnn at 50% channels: accuracy right after pruning and "
             "after 2 fine-tuning epochs.\n\n" + table(["importance", "pruned", "+ 2 epochs"], rows))
+
+
+def ffn_importance(tmp: Path) -> str:
+    base_recipe = recipe("prune_distill_minilm.yaml")
+    prepared = prepare(base_recipe)
+    prune = base_recipe["stages"][0]["prune"]
+    variants = {"l2": {"importance": "l2"}, "activation, 16 batches": {"importance": "activation", "taylor_batches": 16},
+                "random": {"importance": "random"}}
+    models: dict[str, Path | None] = {"original": None}
+    for i, (label, params) in enumerate(variants.items()):
+        report = run(base_recipe, [{"prune": {**prune, **params}}], tmp / f"ffn-{i}", prepared)
+        models[label] = last_checkpoint(report)
+    columns, cells = heldout_fidelity(prepared, models)
+    return (f"all-MiniLM-L6-v2 with {prune['sparsity']:.0%} of every FFN's neurons removed by each criterion, "
+            "no training after: fidelity (mean / 5th percentile of the cosine to the original embeddings) "
+            "on each held-out set. Taylor is refused on this fidelity task (its loss is zero at the start).\n\n"
+            + table(["importance", *columns], [[label, *row] for label, row in cells.items()]))
 
 
 def latency(tmp: Path) -> str:
@@ -126,4 +145,5 @@ def sparse(tmp: Path) -> str:
 
 if __name__ == "__main__":
     main("docs/pruning.md", __file__,
-         {"digits": digits, "importance": importance, "latency": latency, "sparse": sparse}, __doc__)
+         {"digits": digits, "importance": importance, "ffn_importance": ffn_importance, "latency": latency,
+          "sparse": sparse}, __doc__)

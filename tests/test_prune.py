@@ -157,5 +157,7 @@ def test_bad_prune_params_are_recipe_errors() -> None:
         load_recipe(_recipe([{"prune": {"method": "2:4", "sparsity": 0.7}}]))
     with pytest.raises(RecipeErrors, match="importance must be l1 or l2"):
         load_recipe(_recipe([{"prune": {"method": "unstructured", "importance": "taylor"}}]))
+    with pytest.raises(RecipeErrors, match="'activation' ranks FFN neurons and heads .*not 'channel'"):
+        load_recipe(_recipe([{"prune": {"importance": "activation"}}]))
     with pytest.raises(RecipeErrors, match="only 'sparsity' can be set per layer"):
         load_recipe(_recipe([{"prune": {"per_layer": {"fc": {"bits": 4}}}}]))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from transformers import BertModel
 
 from compressor.errors import StageError
@@ -12,7 +13,9 @@ from compressor.export.onnx import export_onnx
 from compressor.export.parity import onnx_parity
 from compressor.transformer_layers import transformer_layers
 from compressor.stages.prune import Prune
+from compressor.stages.prune.importance import input_energy
 from compressor.stages.prune.transformer import prune_transformer
+from compressor.task import Task
 from compressor.hf import SentenceEmbedder
 from tiny_bert import prune_all, tiny_embedder, token_inputs
 
@@ -67,3 +70,32 @@ def test_bn_scale_has_nothing_to_score_in_a_transformer() -> None:
         prune_transformer(model, unit="ffn", layers=layers, ratios={n: 0.5 for n in layers},
                           criterion="bn_scale", round_to=None, steps=1,
                           before_step=lambda: None, after_step=lambda step: None)
+
+
+def test_activation_importance_removes_the_neurons_the_data_never_turns_on() -> None:
+    """Neurons 0-31 of layer 0 get the largest down-projection weights but an input that GELU
+    always zeroes: l2 keeps them for their weights, activation drops them for carrying nothing."""
+    model = tiny_embedder()
+    layer = transformer_layers(model)[0]
+    up, down = layer.ffn_up[0], layer.ffn_down
+    with torch.no_grad():
+        up.weight[:32] = 0
+        up.bias[:32] = -20.0  # GELU(-20) = 0 for every token
+        down.weight[:, :32] *= 10
+    ids, mask = token_inputs(batch=16)
+    task = Task(name="t", metric="fidelity", train=TensorDataset(ids, mask, torch.zeros(16, 32)),
+                val=TensorDataset(ids, mask, torch.zeros(16, 32)), input_names=["ids", "mask"], batch_size=8)
+    energy = input_energy(model, task, batches=2, seed=0)
+    assert torch.all(energy[down][:32] == 0) and torch.all(energy[down][32:] > 0)
+    kept = {}
+    for criterion in ("l2", "activation"):
+        pruned = tiny_embedder()
+        pruned.load_state_dict(model.state_dict())
+        layers = {transformer_layers(pruned)[0].ffn_name: transformer_layers(pruned)[0]}
+        scores = input_energy(pruned, task, batches=2, seed=0)
+        prune_transformer(pruned, unit="ffn", layers=layers, ratios={n: 0.5 for n in layers}, criterion=criterion,
+                          round_to=None, steps=1, before_step=lambda: None, after_step=lambda step: None,
+                          energy=scores)
+        kept[criterion] = transformer_layers(pruned)[0].ffn_down.weight
+    assert torch.equal(kept["l2"], down.weight[:, :32])
+    assert torch.equal(kept["activation"], down.weight[:, 32:])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
-from torch import nn
+from torch import Tensor, nn
 
 from compressor.context import Context
 from compressor.errors import StageError
@@ -31,7 +31,7 @@ from compressor.layers import LayerSelection, layer_value, pick, select_layers
 from compressor.limits import MAX_ROUNDS, MAX_STEPS
 from compressor.stages.base import Stage, StageParams, register_stage
 from compressor.stages.prune import sparse
-from compressor.stages.prune.importance import Criterion, accumulate_gradients, build_importance
+from compressor.stages.prune.importance import Criterion, accumulate_gradients, build_importance, input_energy
 from compressor.stages.prune.structured import input_spec, prune_channels, replay, widths
 from compressor.stages.prune.transformer import apply_cuts, prune_transformer, units
 from compressor.transformer_layers import fused_attention_candidates, sync_config, transformer_layers
@@ -52,7 +52,9 @@ class PruneParams(LayerSelection, StageParams):
         "heads (heads) or weights (unstructured); 2:4 is always 0.5. Per layer: per_layer.NAME.sparsity."))
     importance: Criterion = Field("l2", description=(
         "Channel/neuron/head ranking: l1, l2 (weight magnitude), bn_scale (BatchNorm gamma), taylor "
-        "(|weight x gradient| on training batches), random (a baseline). Sparse methods use magnitude."))
+        "(|weight x gradient| on training batches), activation (ffn, heads: the output energy a unit "
+        "carries on training batches, E[x^2] |w|^2; needs no gradient, so it suits fidelity tasks), "
+        "random (a baseline). Sparse methods use magnitude."))
     global_ranking: bool = Field(False, description=(
         "Rank across layers with one threshold (layers then lose different fractions) instead of per layer."))
     max_sparsity: float = Field(0.9, gt=0, le=1, description="Cap on any layer's pruned fraction under global ranking.")
@@ -60,8 +62,9 @@ class PruneParams(LayerSelection, StageParams):
         "Keep channel counts (channel) or FFN widths (ffn) multiples of this, e.g. 8 for fast int8/fp16 kernels."))
     steps: PositiveInt = Field(1, le=MAX_ROUNDS,
                                description="Iterative pruning: reach the target in this many equal steps.")
-    taylor_batches: PositiveInt = Field(4, le=MAX_STEPS,
-                                        description="Training batches whose gradients Taylor importance sums.")
+    taylor_batches: PositiveInt = Field(4, le=MAX_STEPS, description=(
+        "Training batches the data-driven importances read: taylor sums their gradients, activation "
+        "their input energy."))
     finetune: TrainParams = Field(default_factory=lambda: TrainParams(epochs=0),
                                   description="Fine-tuning after every step (epochs: 0 for none).")
     verify_onnx: bool = Field(True, description="2:4: export to ONNX and check the pattern in its weights.")
@@ -80,6 +83,9 @@ class PruneParams(LayerSelection, StageParams):
                              f"importance must be l1 or l2, got {self.importance!r}")
         if self.round_to is not None and self.method not in ("channel", "ffn"):
             raise ValueError(f"round_to applies to methods channel and ffn, not {self.method!r}")
+        if self.importance == "activation" and self.method not in ("ffn", "heads"):
+            raise ValueError(f"importance 'activation' ranks FFN neurons and heads (methods ffn, heads), "
+                             f"not {self.method!r}")
         if self.global_ranking and self.method not in ("channel", "unstructured"):
             raise ValueError(f"global_ranking applies to methods channel and unstructured, not {self.method!r}")
         return self
@@ -115,12 +121,17 @@ class Prune(Stage):
         model, task = ctx.model, ctx.task
         inputs = task.example_inputs(1)
 
+        energy: dict[nn.Module, Tensor] = {}  # activation importance, measured before each step
+
         def before_step() -> None:
             if p.importance == "taylor":
                 accumulate_gradients(model, task, p.taylor_batches, ctx.seed)
+            elif p.importance == "activation":
+                energy.clear()
+                energy.update(input_energy(model, task, p.taylor_batches, ctx.seed))
 
         if p.method != "channel":
-            self._transformer(ctx, before_step, finetune)
+            self._transformer(ctx, before_step, finetune, energy)
             return
         rotary = [layer.name for layer in transformer_layers(model) if layer.layout.name in ROTARY_LAYOUTS]
         if rotary:
@@ -142,7 +153,8 @@ class Prune(Stage):
                                          if n in after and after[n] != before[n]}
         self.record(inputs=input_spec(inputs), history=history)
 
-    def _transformer(self, ctx: Context, before_step: Any, finetune: Any) -> None:
+    def _transformer(self, ctx: Context, before_step: Any, finetune: Any,
+                     energy: dict[nn.Module, Tensor]) -> None:
         p: PruneParams = self.params
         unit = "ffn" if p.method == "ffn" else "heads"
         layers = {layer.ffn_name if unit == "ffn" else layer.attention_name: layer
@@ -158,7 +170,7 @@ class Prune(Stage):
             ctx.model, unit=unit, layers={n: layers[n] for n in chosen},
             ratios={n: layer_value(n, m, "sparsity", p.sparsity, p.per_layer) for n, m in chosen.items()},
             criterion=p.importance, round_to=p.round_to, steps=p.steps, before_step=before_step,
-            after_step=finetune)
+            after_step=finetune, energy=energy)
         key = "ffn_width" if unit == "ffn" else "heads"
         ctx.stage_metrics[key] = {n: [counts[n], units(layers[n], unit)] for n in chosen}
         self.record(cuts=cuts)

@@ -6,8 +6,10 @@ projection; a head is ``head_size`` rows of the query, key and value projections
 each third of a fused ``c_attn``) and the matching columns of the attention output. With
 grouped-query attention the unit is one key/value head together with the query heads that read
 it, so the grouping survives. Importance ranks units like torch-pruning's group estimators:
-``|w|^p`` (l1, l2) or ``|w * grad|`` (taylor) summed over every row and column of a unit, or
-random. Each cut is recorded as ``[layer name, output?, removed indices]`` and replays on restore;
+``|w|^p`` (l1, l2) or ``|w * grad|`` (taylor) summed over every row and column of a unit, the
+output energy a unit carries on training data (activation: ``E[x^2] |w|^2`` over its columns of
+the down or output projection; magnitude misses a neuron that is small but always on), or random.
+Each cut is recorded as ``[layer name, output?, removed indices]`` and replays on restore;
 :func:`compressor.transformer_layers.sync_config` then updates head counts and the config.
 """
 from __future__ import annotations
@@ -69,22 +71,30 @@ def members(layer: TransformerLayer, unit: Unit, names: dict[nn.Module, str]) ->
             Member(names[v], v, True, kv)] + out
 
 
-def unit_scores(parts: list[Member], criterion: Criterion, what: str) -> Tensor:
-    """Importance of each unit, summed over its rows and columns in every member."""
+def unit_scores(parts: list[Member], criterion: Criterion, what: str,
+                energy: dict[nn.Module, Tensor] | None = None) -> Tensor:
+    """Importance of each unit, summed over its rows and columns in every member (``activation``:
+    over its columns, weighted by ``energy``, the mean square of each input feature)."""
     if criterion == "bn_scale":
         raise StageError(f"importance gives no score for {what} (bn_scale needs BatchNorm layers; "
-                         "use l1, l2, taylor or random)")
+                         "use l1, l2, taylor, activation or random)")
     n = len(parts[0].index)
     if criterion == "random":
         return torch.rand(n)
     total = torch.zeros(n)
     for part in parts:
         weight = part.module.weight.detach()
+        if criterion == "activation":
+            if part.out:
+                continue  # a unit's rows of the up projections only produce what its column reads
+            if energy is None or part.module not in energy:
+                raise StageError(f"importance 'activation' saw no input of {part.name}")
+            weight = weight * energy[part.module].sqrt().to(weight)
         if criterion == "taylor":
             if part.module.weight.grad is None:
                 raise StageError(f"importance 'taylor' found no gradient on {part.name}")
             weight = weight * part.module.weight.grad
-        values = weight.abs().pow(2 if criterion == "l2" else 1)
+        values = weight.abs().pow(2 if criterion in ("l2", "activation") else 1)
         per_index = values.sum(1) if part.out else values.sum(0)
         total += per_index[part.index.flatten()].view(n, -1).sum(1).float()
     return total
@@ -92,8 +102,10 @@ def unit_scores(parts: list[Member], criterion: Criterion, what: str) -> Tensor:
 
 def prune_transformer(model: nn.Module, *, unit: Unit, layers: dict[str, TransformerLayer],
                       ratios: dict[str, float], criterion: Criterion, round_to: int | None, steps: int,
-                      before_step: Callable[[], None], after_step: Callable[[int], None]) -> Cuts:
-    """Remove FFN neurons or heads of ``layers`` (by name) in ``steps`` steps; returns the cuts."""
+                      before_step: Callable[[], None], after_step: Callable[[int], None],
+                      energy: dict[nn.Module, Tensor] | None = None) -> Cuts:
+    """Remove FFN neurons or heads of ``layers`` (by name) in ``steps`` steps; returns the cuts.
+    ``energy``: what ``before_step`` measured for the activation criterion (:func:`unit_scores`)."""
     names = {m: n for n, m in model.named_modules()}
     # heads are removed a key/value group at a time (one head per group without grouped-query attention)
     initial = {name: layer.ffn_width if unit == "ffn" else layer.num_kv_heads for name, layer in layers.items()}
@@ -107,7 +119,7 @@ def prune_transformer(model: nn.Module, *, unit: Unit, layers: dict[str, Transfo
             if target >= count:
                 continue
             what = f"the {'FFN' if unit == 'ffn' else 'heads'} of {layer.name}"
-            drop = unit_scores(parts, criterion, what).argsort()[: count - target]
+            drop = unit_scores(parts, criterion, what, energy).argsort()[: count - target]
             for part in parts:
                 removed = sorted(int(i) for i in part.index[drop].flatten())
                 cut(part.module, part.out, removed)
