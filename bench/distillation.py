@@ -1,6 +1,6 @@
 """MiniLM pruning + distillation figures for docs/distillation.md, measured in one run.
 
-    .venv/bin/python bench/distillation.py [--only ffn,heads,latency]
+    .venv/bin/python bench/distillation.py [--only ffn,heads,latency,curve]
 
 - ffn: all-MiniLM-L6-v2 with every FFN halved (recipes/prune_distill_minilm.yaml): pruned alone,
   then distilled.
@@ -8,6 +8,9 @@
   (recipes/prune_heads_minilm.yaml).
 - latency: ONNX Runtime latency of the unpruned, FFN-pruned and head-pruned encoders, interleaved
   in this process (batch 1, 64 tokens, medians and ratios).
+- curve: fidelity against ONNX Runtime latency at 128 tokens for MiniLM int8 alone and the stages
+  of recipes/prune_distill_int8_minilm.yaml (FFN cut, distilled, int8) with a quarter and half of
+  every FFN removed, all files timed in turns.
 
 Fidelity is the mean cosine between the compressed and the original model's sentence embeddings
 on held-out sentences: the recipe dataset's own held-out split and, for the ``english`` corpus, the
@@ -22,7 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm
 from pathlib import Path  # noqa: E402
 
 import compressor  # noqa: E402
-from compressor.export.bench import interleaved  # noqa: E402
+from compressor.export.bench import compare_onnx, interleaved  # noqa: E402
 from compressor.export.onnx import export_onnx  # noqa: E402
 from compressor.export.runtime import feeds, ort_session  # noqa: E402
 from compressor.zoo import DATASETS, build_model  # noqa: E402
@@ -93,5 +96,44 @@ def latency(tmp: Path) -> str:
             "interleaved in one process (p50 of 60 runs each).\n\n" + table(["model", "p50 ms", "ratio"], rows))
 
 
+def curve(tmp: Path) -> str:
+    base_recipe = recipe("prune_distill_int8_minilm.yaml")
+    prepared = prepare(base_recipe)
+    original, task = prepared
+    stages = base_recipe["stages"]
+    int8_only = run(base_recipe, stages[2:], tmp / "int8-only", prepared)
+    checkpoints = {"original": None, "int8 alone": last_checkpoint(int8_only)}
+    files = {"original": tmp / "original.onnx", "int8 alone": int8_only.artifacts["onnx"]}
+    floats = {"original": original}
+    for kept, sparsity in (("3/4", 0.25), ("1/2", 0.5)):
+        pruned = [{"prune": {**stages[0]["prune"], "sparsity": sparsity}}, *stages[1:]]
+        full = run(base_recipe, pruned, tmp / f"ffn-{sparsity}", prepared)
+        label = f"FFN {kept} + distilled"
+        checkpoints[label] = last_checkpoint(full, 1)  # after prune (0) and distill (1)
+        checkpoints[f"{label} + int8"] = last_checkpoint(full)
+        floats[label] = compressor.load_model(checkpoints[label])
+        files[label], files[f"{label} + int8"] = tmp / f"ffn-{sparsity}.onnx", full.artifacts["onnx"]
+    columns, fidelity = heldout_fidelity(prepared, checkpoints)
+    for label, model in floats.items():
+        export_onnx(model, task.example_inputs(2), files[label], input_names=task.input_names,
+                    output_names=task.output_names, dynamic_axes=task.dynamic_axes)
+    ratios: dict[str, list[str]] = {label: [] for label in checkpoints}
+    timings = [(batch, threads) for batch in (1, 8) for threads in (1, 2)]
+    for batch, threads in timings:
+        lat = compare_onnx(files, task.example_inputs(batch), threads=threads, iterations=40, rounds=8)
+        for label in checkpoints:
+            ratios[label].append(f"{lat[label].p50_ms / lat['original'].p50_ms:.2f}x ({lat[label].p50_ms:.1f} ms)")
+    rows = [[label, *fidelity[label], *ratios[label]] for label in checkpoints]
+    seq = task.example_inputs(1)[0].shape[1]
+    return (f"all-MiniLM-L6-v2 on this CPU at {seq} tokens: int8 alone (the recipe's quantize stage on the "
+            "original) and the stages of `recipes/prune_distill_int8_minilm.yaml` with a quarter and with half "
+            "of every FFN's neurons removed (the recipe: half). Fidelity as above, of the "
+            "PyTorch model (int8: fake-quantized; the export's parity check holds the ONNX file to it); "
+            "latency: ONNX Runtime median against the original fp32 file, all six files timed in turns "
+            "in one process (40 runs each).\n\n"
+            + table(["model", *columns, *(f"batch {b}, {t} thr" for b, t in timings)], rows))
+
+
 if __name__ == "__main__":
-    main("docs/distillation.md", __file__, {"ffn": ffn, "heads": heads, "latency": latency}, __doc__)
+    main("docs/distillation.md", __file__, {"ffn": ffn, "heads": heads, "latency": latency, "curve": curve},
+         __doc__)
