@@ -95,6 +95,7 @@ def process_group() -> Iterator[None]:
     try:
         with lost_ranks_named():
             yield
+            dist.barrier()  # no rank closes its connections while another may still be reading from them
     finally:
         restore_handler()
         dist.destroy_process_group()

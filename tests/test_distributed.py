@@ -229,6 +229,6 @@ def test_a_killed_rank_stops_every_rank_and_the_run_resumes(tmp_path: Path) -> N
 
     resumed = subprocess.run(_torchrun(2, "run", "--resume", str(run_dir)), env=_env(),
                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, f"{resumed.stdout[-2000:]}\n{resumed.stderr[:4000]}"  # the rank's own lines first
     assert "finetune: done earlier, skipped" in resumed.stdout + resumed.stderr
     assert done() == ["finetune", "distill"]
