@@ -7,7 +7,8 @@ estimator.
 """
 from __future__ import annotations
 
-from typing import Literal
+from itertools import islice
+from typing import Iterator, Literal
 
 import torch
 import torch_pruning as tp
@@ -44,13 +45,10 @@ def accumulate_gradients(model: nn.Module, task: Task, batches: int, seed: int) 
     if task.metric != "accuracy":
         raise StageError(f"importance 'taylor' needs a task loss with a gradient; the {task.name!r} "
                          "task measures fidelity to the unpruned model, whose loss gradient is zero "
-                         "before pruning: use importance 'l1' or 'l2'")
+                         "before pruning: use importance 'l1' or 'l2' (or 'activation' for methods ffn, heads)")
     model.eval()  # BatchNorm statistics stay as they are; only gradients are wanted
     model.zero_grad(set_to_none=True)
-    for i, batch in enumerate(task.loader("train", seed=seed)):
-        if i >= batches:
-            break
-        inputs, target = task.split(batch)
+    for inputs, target in _train_batches(task, batches, seed):
         task.loss(model(*inputs), target).backward()
 
 
@@ -75,13 +73,15 @@ def input_energy(model: nn.Module, task: Task, batches: int, seed: int) -> dict[
     was_training = model.training
     model.eval()
     try:
-        for i, batch in enumerate(task.loader("train", seed=seed)):
-            if i >= batches:
-                break
-            inputs, _ = task.split(batch)
+        for inputs, _ in _train_batches(task, batches, seed):
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     return {m: total / counts[m] for m, total in sums.items()}
+
+
+def _train_batches(task: Task, batches: int, seed: int) -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
+    """The first ``batches`` training batches of ``seed``'s order, as (inputs, target)."""
+    return map(task.split, islice(task.loader("train", seed=seed), batches))
