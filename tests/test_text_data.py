@@ -13,7 +13,7 @@ from compressor.recipe.loader import load_recipe
 from compressor.report import Report
 from compressor.task import fidelity_baselines, near_baseline, randomized
 from compressor.zoo.docstrings import docstring_split, docstrings_task
-from compressor.zoo.english import english_corpus, english_task, plain_text, prose_sentences
+from compressor.zoo.english import english_corpus, english_task, plain_text, prose_sentences, sentence_case, wiki_text
 from compressor.zoo.minilm import SentenceEmbedder
 from compressor.zoo.sentences import everyday_sentences
 
@@ -40,6 +40,19 @@ def test_markup_is_reduced_to_prose_sentences() -> None:
     ]
 
 
+def test_wikitext_is_reduced_to_its_prose() -> None:
+    markup = ("{{Infobox|name={{lang|x}}}}'''Asphalt''' is a [[petroleum|liquid]] of [[road]]s.&lt;ref&gt;Smith, "
+              "p. 2&lt;/ref&gt; It is [http://x.org used] very widely.\n== History ==\n* a list item\n"
+              "[[Category:Materials]]The word comes from Greek.")
+    assert list(prose_sentences(wiki_text(markup))) == [
+        "Asphalt is a liquid of roads.", "It is used very widely.", "The word comes from Greek."]
+
+
+def test_tokenized_lowercase_text_is_written_as_sentences() -> None:
+    assert sentence_case("it 's so juvenile , i think . only teenage boys would n't mind .") == \
+        "It's so juvenile, I think. Only teenage boys wouldn't mind."
+
+
 def test_the_everyday_set_is_shipped_unique_and_not_technical() -> None:
     sentences = everyday_sentences()
     assert 300 <= len(sentences) <= 500 and len(set(sentences)) == len(sentences)
@@ -51,8 +64,8 @@ def test_the_everyday_set_is_shipped_unique_and_not_technical() -> None:
 def test_english_corpus_mixes_registers_and_never_holds_a_held_out_sentence() -> None:
     corpus = english_corpus()
     assert set(corpus) == {"docstrings", "python reference", "package readmes", "licenses", "dataset descriptions",
-                           "dialogues"}
-    assert all(len(sentences) >= 50 for sentences in corpus.values()), {k: len(v) for k, v in corpus.items()}
+                           "dialogues", "news", "encyclopedia", "reviews"}
+    assert all(50 <= len(sentences) <= 5000 for sentences in corpus.values()), {k: len(v) for k, v in corpus.items()}
     everything = [s for sentences in corpus.values() for s in sentences]
     assert len(everything) == len(set(everything)) > 3000
     assert not set(everything) & (set(docstring_split()[1]) | set(everyday_sentences()))
